@@ -1,0 +1,104 @@
+"""Run one exercise's hidden graders (grader/tests/test_<id>.py, pytest) against a Submission; collect points.
+
+Each grader test carries @pytest.mark.points(n) (default 1); tests marked @pytest.mark.public are the learner's
+self-check subset. Messages come from the assertion text or the learner's exception, never from the test's source
+(assertion rewriting is off), so hidden tests stay hidden.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import asdict, dataclass, field
+
+import pytest
+
+from grader.submission import LearnerError, Submission
+from llmstudy.exercises import by_id
+
+
+@dataclass
+class TestResult:
+    name: str
+    passed: bool
+    score: float
+    max_score: float
+    message: str = ""
+
+
+@dataclass
+class ExerciseResult:
+    exercise: str
+    status: str = "graded"            # graded | missing | error | timeout
+    score: float = 0.0
+    max_score: float = 0.0
+    message: str = ""
+    file: str = ""
+    tests: list[TestResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _message(excinfo) -> str:
+    exc = excinfo.value
+    if isinstance(exc, (AssertionError, LearnerError)):
+        return str(exc).strip() or "the check failed"
+    if isinstance(exc, pytest.fail.Exception):
+        return str(exc.msg)
+    return f"the grader hit {type(exc).__name__}: {str(exc)[:300]}"
+
+
+class _Collector:
+    """pytest plugin: provides the `submission` fixture and records each test's outcome and points."""
+
+    def __init__(self, submission: Submission):
+        self._submission = submission
+        self.results: dict[str, TestResult] = {}
+        self.collect_errors: list[str] = []
+
+    def pytest_configure(self, config):
+        config.addinivalue_line("markers", "points(n): points this test is worth")
+        config.addinivalue_line("markers", "public: part of the learner's self-check")
+
+    @pytest.fixture
+    def submission(self) -> Submission:
+        return self._submission
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        marker = item.get_closest_marker("points")
+        points = float(marker.args[0]) if marker else 1.0
+        name = item.name
+        if report.when == "setup" and report.skipped:
+            return
+        if report.failed:
+            self.results[name] = TestResult(name, False, 0.0, points, _message(call.excinfo))
+        elif report.when == "call" and name not in self.results:
+            self.results[name] = TestResult(name, True, points, points, "")
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.collect_errors.append(str(report.longrepr)[-2000:])
+
+
+def grade(exercise_id: str, submission: Submission, public_only: bool = False) -> ExerciseResult:
+    """Run the graders of one exercise against `submission` and return the scored result."""
+    path = by_id(exercise_id).grader_path
+    collector = _Collector(submission)
+    args = [str(path), "-q", "-p", "no:cacheprovider", "-p", "no:terminal", "--assert=plain",
+            "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+    if public_only:
+        args += ["-m", "public"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = pytest.main(args, plugins=[collector])
+    if collector.collect_errors or code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
+        raise RuntimeError(f"the graders for {exercise_id} could not run (exit {code}): "
+                           + " | ".join(collector.collect_errors))
+    tests = list(collector.results.values())
+    result = ExerciseResult(exercise_id, tests=tests,
+                            score=sum(t.score for t in tests), max_score=sum(t.max_score for t in tests))
+    failed = [t for t in tests if not t.passed]
+    result.message = f"{len(tests) - len(failed)}/{len(tests)} tests passed"
+    return result
