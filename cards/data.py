@@ -1,0 +1,221 @@
+"""The deck's content: load and check cards/concepts/*.yaml.
+
+One YAML file per course section, named `NN_<section>.yaml` so that file order is lecture order:
+
+    section: decoding                     # the subdeck; also the tag llm::week1::decoding
+    title_en: Generation settings         # the subdeck's name in Anki
+    title_ja: 生成の設定
+    concepts:                             # in the order the lecture introduces them
+      - id: top-k-sampling                # stable: note GUID and FSRS review-state key
+        term_ja: top-k サンプリング
+        term_en: top-k sampling
+        explanation_ja: 確率の高い上位 <i>k</i> 個だけを残して…
+        explanation_en: Keep only the <i>k</i> most likely tokens…
+        tags: [llm::sampling]             # optional, added to the section tag
+        cloze_ja: "{{c1::top-k}} サンプリングは…"   # optional, Anki cloze syntax
+        cloze_en: "{{c1::Top-k}} sampling keeps…"
+        figure: top-k-top-p               # optional, a name in cards/figures.py
+        exercise: sampling                # optional, an id in llmstudy/exercises.py
+
+Every mistake in a data file is a CardDataError whose message names the file and the concept.
+This module imports only the standard library and PyYAML, so `llmstudy review` and `llmstudy cards` start fast.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import yaml
+
+CONCEPTS_DIR = Path(__file__).resolve().parent / "concepts"
+TAG_ROOT = "llm::week1"
+
+REQUIRED = ("id", "term_ja", "term_en", "explanation_ja", "explanation_en")
+OPTIONAL = ("tags", "cloze_ja", "cloze_en", "figure", "exercise")
+HTML_FIELDS = ("term_ja", "term_en", "explanation_ja", "explanation_en", "cloze_ja", "cloze_en")
+ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")    # "context-window": safe in GUIDs, file names, URLs
+CLOZE_PATTERN = re.compile(r"\{\{c\d+::.+?\}\}", re.DOTALL)
+# Elements that never take a closing tag (HTML Living Standard, "void elements").
+VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+@dataclass(frozen=True)
+class Concept:
+    id: str                 # stable, e.g. "context-window"; also the key of FSRS review state
+    term_ja: str
+    term_en: str
+    explanation_ja: str     # may contain simple HTML
+    explanation_en: str
+    tags: tuple[str, ...]   # hierarchical, e.g. "llm::week1::decoding", no spaces
+    order: int              # lecture order (position in the course), used to introduce new cards in order
+    section: str            # e.g. "decoding"; the subdeck
+    cloze_ja: str | None = None     # Anki cloze syntax {{c1::...}}
+    cloze_en: str | None = None
+    figure: str | None = None       # figure name rendered by cards/figures.py
+    exercise: str | None = None     # exercise id from llmstudy/exercises.py that practises it
+    section_title_en: str = ""      # the subdeck's display name, e.g. "Generation settings"
+    section_title_ja: str = ""
+    source: str = ""                # the data file it came from, for error messages
+
+
+class CardDataError(ValueError):
+    """A mistake in a concepts data file; the message names the file and the concept id."""
+
+
+def load_concepts(directory: Path | None = None) -> list[Concept]:
+    """Every concept in `directory`/*.yaml (default cards/concepts/), checked, sorted by lecture order.
+
+    Files are read in name order (`01_basics.yaml`, `02_history.yaml`, ...) and concepts in file order;
+    `order` counts from 1 across all files.
+    """
+    directory = CONCEPTS_DIR if directory is None else Path(directory)
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise CardDataError(f"{directory}: no concept files (*.yaml) found")
+
+    from llmstudy.exercises import EXERCISES
+    from cards.figures import FIGURES      # names only; matplotlib is imported when a figure is drawn
+    exercise_ids = {e.id for e in EXERCISES}
+
+    concepts: list[Concept] = []
+    seen: dict[str, str] = {}               # concept id -> file name it first appeared in
+    sections: dict[str, str] = {}           # section -> file name
+    for path in files:
+        section, titles, entries = _read_file(path)
+        if section in sections:
+            raise CardDataError(f"{path.name}: section '{section}' is also used by {sections[section]}; "
+                                f"give each file its own section")
+        sections[section] = path.name
+        for index, entry in enumerate(entries):
+            where = _where(path, entry, index)
+            if not isinstance(entry, dict):
+                raise CardDataError(f"{where}: each concept must be a mapping of fields, got {type(entry).__name__}")
+            concept = _concept(entry, where, path, section, titles, order=len(concepts) + 1)
+            if concept.id in seen:
+                raise CardDataError(f"{where}: duplicate id '{concept.id}' (first used in {seen[concept.id]}); "
+                                    f"ids must be unique across all files")
+            if concept.exercise is not None and concept.exercise not in exercise_ids:
+                raise CardDataError(f"{where}: unknown exercise '{concept.exercise}'; "
+                                    f"use one of {', '.join(sorted(exercise_ids))}")
+            if concept.figure is not None and concept.figure not in FIGURES:
+                raise CardDataError(f"{where}: unknown figure '{concept.figure}'; "
+                                    f"use one of {', '.join(sorted(FIGURES))} (cards/figures.py)")
+            seen[concept.id] = path.name
+            concepts.append(concept)
+    return sorted(concepts, key=lambda c: c.order)
+
+
+def _read_file(path: Path) -> tuple[str, tuple[str, str], list]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise CardDataError(f"{path.name}:{line} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise CardDataError(f"{path.name}: expected a mapping with 'section', 'title_en', 'title_ja' and 'concepts'")
+    for key in ("section", "title_en", "title_ja", "concepts"):
+        if key not in data:
+            raise CardDataError(f"{path.name}: missing top-level key '{key}'")
+    section = data["section"]
+    if not isinstance(section, str) or not ID_PATTERN.match(section):
+        raise CardDataError(f"{path.name}: section must be lower-case words joined by '-', got {section!r}")
+    if not isinstance(data["concepts"], list) or not data["concepts"]:
+        raise CardDataError(f"{path.name}: 'concepts' must be a non-empty list")
+    unknown = set(data) - {"section", "title_en", "title_ja", "concepts"}
+    if unknown:
+        raise CardDataError(f"{path.name}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    return section, (str(data["title_en"]), str(data["title_ja"])), data["concepts"]
+
+
+def _where(path: Path, entry, index: int) -> str:
+    name = entry.get("id") if isinstance(entry, dict) else None
+    return f"{path.name}: concept '{name}'" if name else f"{path.name}: concept #{index + 1} (no id)"
+
+
+def _concept(entry: dict, where: str, path: Path, section: str, titles: tuple[str, str], order: int) -> Concept:
+    for key in REQUIRED:
+        value = entry.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise CardDataError(f"{where}: missing required field '{key}'")
+        if not isinstance(value, str):
+            raise CardDataError(f"{where}: field '{key}' must be text, got {type(value).__name__}")
+    unknown = set(entry) - set(REQUIRED) - set(OPTIONAL)
+    if unknown:
+        raise CardDataError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(REQUIRED + OPTIONAL)}")
+    if not ID_PATTERN.match(entry["id"]):
+        raise CardDataError(f"{where}: id must be lower-case words joined by '-' (like 'context-window')")
+    for key in ("cloze_ja", "cloze_en", "figure", "exercise"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise CardDataError(f"{where}: field '{key}' must be text, got {type(entry[key]).__name__}")
+
+    extra = entry.get("tags") or []
+    if isinstance(extra, str) or not isinstance(extra, list):
+        raise CardDataError(f"{where}: 'tags' must be a list, like [llm::sampling]")
+    tags = [f"{TAG_ROOT}::{section}"]
+    for tag in extra:
+        if not isinstance(tag, str) or not tag:
+            raise CardDataError(f"{where}: tag {tag!r} must be non-empty text")
+        if any(ch.isspace() for ch in tag):
+            raise CardDataError(f"{where}: tag '{tag}' contains a space; Anki splits tags on spaces, "
+                                f"use '::' for hierarchy and '_' or '-' inside words")
+        if tag not in tags:
+            tags.append(tag)
+
+    for key in HTML_FIELDS:
+        if entry.get(key):
+            problem = html_problem(entry[key])
+            if problem:
+                raise CardDataError(f"{where}: unbalanced HTML in '{key}': {problem}")
+    for key in ("cloze_ja", "cloze_en"):
+        if entry.get(key) and not CLOZE_PATTERN.search(entry[key]):
+            raise CardDataError(f"{where}: '{key}' has no cloze deletion; mark the hidden part like {{{{c1::text}}}}")
+
+    return Concept(
+        id=entry["id"], term_ja=entry["term_ja"].strip(), term_en=entry["term_en"].strip(),
+        explanation_ja=entry["explanation_ja"].strip(), explanation_en=entry["explanation_en"].strip(),
+        tags=tuple(tags), order=order, section=section,
+        cloze_ja=_strip(entry.get("cloze_ja")), cloze_en=_strip(entry.get("cloze_en")),
+        figure=entry.get("figure"), exercise=entry.get("exercise"),
+        section_title_en=titles[0], section_title_ja=titles[1], source=path.name,
+    )
+
+
+def _strip(text: str | None) -> str | None:
+    return text.strip() if text else None
+
+
+class _TagBalance(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.problem: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in VOID_ELEMENTS:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if self.problem or tag in VOID_ELEMENTS:
+            return
+        if not self.open:
+            self.problem = f"</{tag}> closes nothing"
+        elif self.open[-1] != tag:
+            self.problem = f"</{tag}> closes <{self.open[-1]}>"
+        else:
+            self.open.pop()
+
+
+def html_problem(text: str) -> str | None:
+    """None when every non-void tag in `text` is closed in order; otherwise what is wrong, in a few words."""
+    parser = _TagBalance()
+    parser.feed(text)
+    parser.close()
+    if parser.problem:
+        return parser.problem
+    if parser.open:
+        return f"<{parser.open[-1]}> is never closed"
+    return None
