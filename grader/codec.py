@@ -100,3 +100,16 @@ def decode(blob: bytes, resolve_model: Callable[[str], Any] | None = None, devic
         raise UnsupportedValue(f"unknown value kind {kind!r}")
 
     return build(tree)
+
+
+def to_device(value: Any, device: str) -> Any:
+    """Move tensors in a decoded tree to `device`; CPU generators become generators on `device`, same seed."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, torch.Generator):
+        return torch.Generator(device=device).manual_seed(value.initial_seed())
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value

@@ -50,10 +50,15 @@ def run_call(namespace: Mapping[str, Any], fn: str, args_blob: bytes, device: st
     Raises LearnerError with a learner-facing message. Shared by the in-process and the sandboxed submission."""
     from llmstudy import models
 
+    resolved = []
+
     def resolve(name):
+        resolved.append(name)
         return models.load(name, device)[0]
 
     args, kwargs = codec.decode(args_blob, resolve_model=resolve, device="cpu")
+    if resolved and device != "cpu":   # a call with a model on the GPU gets its tensors and generators there too
+        args, kwargs = codec.to_device((args, kwargs), device)
     if harness:
         from grader import harness as harness_module
         target = getattr(harness_module, fn)
