@@ -52,6 +52,55 @@ def demo():
 
 # --- review (issue: FSRS in the terminal) --------------------------------------------------------------------------
 # REVIEW-COMMANDS
+@main.command()
+@click.option("--lang", type=click.Choice(["ja", "en", "both"]), default="both", show_default=True,
+              help="Language of the cards.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N ratings.")
+@click.option("--new-per-day", type=click.IntRange(min=0), default=10, show_default=True,
+              help="New cards introduced per day, in lecture order.")
+@click.option("--retention", type=click.FloatRange(0.7, 0.99), default=0.9, show_default=True,
+              help="FSRS desired retention: higher means shorter intervals and more reviews.")
+@click.option("--db", type=click.Path(dir_okay=False), default=None,
+              help="Review database (SQLite). Default: review.sqlite3 in your user data folder.")
+@click.option("--stats", is_flag=True, help="Show what is due and how reviews went, then exit.")
+@click.option("--export-log", type=click.Path(dir_okay=False), default=None,
+              help="Write the review log to this CSV file (for analysis or FSRS optimisation), then exit.")
+@click.option("--now", "now_text", default=None, hidden=True, help="Fixed ISO time with offset, for tests.")
+def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text):
+    """Review the deck's concepts in the terminal, scheduled by FSRS (Enter reveals, 1-4 rates, q quits)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from cards import review as rv
+    from cards.data import CardDataError, load_concepts
+    from cards.store import Store, StoreError
+
+    console = Console(highlight=False)
+    try:
+        now = rv.system_clock if now_text is None else rv.fixed_clock(now_text)
+    except ValueError as err:
+        raise UserError(f"--now: {err}")
+    path = Path(db) if db else rv.default_db_path()
+    try:
+        with Store.open(path) as store:
+            if export_log:
+                try:
+                    rows = rv.export_log(store, Path(export_log))
+                except OSError as err:
+                    raise UserError(f"can't write {export_log}: {err.strerror or err}")
+                click.echo(f"Wrote {rows} reviews to {export_log}")
+            if stats or export_log:
+                if stats:
+                    rv.sync(store, load_concepts())
+                    rv.show_stats(rv.stats(store, now(), new_per_day), console, retention)
+                return
+            concepts = rv.sync(store, load_concepts())
+            result = rv.run_session(store, concepts, rv.make_scheduler(retention), now, console, lang=lang,
+                                    limit=limit, new_per_day=new_per_day)
+            click.echo(rv.summary(result, store, now(), new_per_day))
+    except (CardDataError, StoreError) as err:
+        raise UserError(str(err))
 
 
 # --- check and grade (issue: sandboxed batch grader) ---------------------------------------------------------------
