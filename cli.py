@@ -48,6 +48,59 @@ def demo():
 
 # --- cards (issue: Anki deck) --------------------------------------------------------------------------------------
 # CARDS-COMMANDS
+from pathlib import Path  # noqa: E402  (imported here: each helper edits only its own section of this file)
+
+
+@main.group()
+def cards():
+    """The bilingual (Japanese/English) Anki deck of week 1's concepts, from cards/concepts/*.yaml."""
+
+
+@cards.command("export")
+@click.option("--lang", type=click.Choice(["ja", "en", "both"]), default="both", show_default=True,
+              help="Which language the cards show; each is its own deck variant.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: llm-week1[-LANG].apkg or .csv in the current folder].")
+@click.option("--format", "fmt", type=click.Choice(["apkg", "csv"]), default=None,
+              help="apkg (with figures) or Anki's CSV [default: from --out's suffix, else apkg].")
+def cards_export(lang, out, fmt):
+    """Write the deck for Anki; re-importing a newer export updates the same notes."""
+    from cards.data import CardDataError, load_concepts
+    from cards import deck
+
+    fmt = fmt or (out.suffix.lstrip(".").lower() if out is not None and out.suffix.lower() in (".apkg", ".csv")
+                  else "apkg")
+    out = out or Path(f"llm-week1{'' if lang == 'both' else '-' + lang}.{fmt}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out: folder '{out.parent}' does not exist; create it or pick another path")
+    try:
+        concepts = load_concepts()
+        if fmt == "csv":
+            summary = deck.build_csv(concepts, out, lang)
+        else:
+            from rich.progress import Progress
+            with Progress(transient=True) as bar:
+                task = bar.add_task("drawing figures", total=len({c.figure for c in concepts if c.figure}))
+                summary = deck.build_apkg(concepts, out, lang,
+                                          progress=lambda name: bar.update(task, advance=1, description=name))
+    except CardDataError as err:
+        raise UserError(f"bad card data: {err}") from None
+    for line in summary.lines():
+        click.echo(line)
+
+
+@cards.command("list")
+def cards_list():
+    """Every concept in lecture order: id, section, terms, figure and exercise."""
+    from cards.data import CardDataError, load_concepts
+    try:
+        concepts = load_concepts()
+    except CardDataError as err:
+        raise UserError(f"bad card data: {err}") from None
+    for c in concepts:
+        extras = "  ".join(x for x in (c.figure and f"figure:{c.figure}", c.exercise and f"exercise:{c.exercise}") if x)
+        click.echo(f"{c.order:3} {c.section:14} {c.id:32} {c.term_en} / {c.term_ja}  {extras}".rstrip())
+    click.echo(f"{len(concepts)} concepts in {len({c.section for c in concepts})} sections.")
 
 
 # --- review (issue: FSRS in the terminal) --------------------------------------------------------------------------

@@ -173,19 +173,38 @@ def _concept(entry: dict, where: str, path: Path, section: str, titles: tuple[st
     for key in ("cloze_ja", "cloze_en"):
         if entry.get(key) and not CLOZE_PATTERN.search(entry[key]):
             raise CardDataError(f"{where}: '{key}' has no cloze deletion; mark the hidden part like {{{{c1::text}}}}")
+    if bool(entry.get("cloze_ja")) != bool(entry.get("cloze_en")):
+        raise CardDataError(f"{where}: give both cloze_ja and cloze_en, or neither")
+    if entry.get("cloze_ja") and _cloze_numbers(entry["cloze_ja"]) != _cloze_numbers(entry["cloze_en"]):
+        # The bilingual cloze card shows both texts: c1 in Japanese and c1 in English must be the same card.
+        raise CardDataError(f"{where}: cloze_ja uses {_cloze_numbers(entry['cloze_ja'])} but cloze_en uses "
+                            f"{_cloze_numbers(entry['cloze_en'])}; number the deletions the same in both")
 
     return Concept(
-        id=entry["id"], term_ja=entry["term_ja"].strip(), term_en=entry["term_en"].strip(),
-        explanation_ja=entry["explanation_ja"].strip(), explanation_en=entry["explanation_en"].strip(),
+        id=entry["id"], term_ja=_ja(entry["term_ja"]), term_en=entry["term_en"].strip(),
+        explanation_ja=_ja(entry["explanation_ja"]), explanation_en=entry["explanation_en"].strip(),
         tags=tuple(tags), order=order, section=section,
-        cloze_ja=_strip(entry.get("cloze_ja")), cloze_en=_strip(entry.get("cloze_en")),
+        cloze_ja=_ja(entry.get("cloze_ja")), cloze_en=_strip(entry.get("cloze_en")),
         figure=entry.get("figure"), exercise=entry.get("exercise"),
         section_title_en=titles[0], section_title_ja=titles[1], source=path.name,
     )
 
 
+def _cloze_numbers(text: str) -> list[str]:
+    return sorted(set(re.findall(r"\{\{(c\d+)::", text)))
+
+
 def _strip(text: str | None) -> str | None:
     return text.strip() if text else None
+
+
+# YAML's folded style (>-) joins lines with a space; Japanese puts no spaces between words, so drop those.
+_CJK = r"\u3000-\u30ff\u4e00-\u9fff\uff00-\uffef"
+_CJK_GAP = re.compile(f"(?<=[{_CJK}]) +(?=[{_CJK}])")
+
+
+def _ja(text: str | None) -> str | None:
+    return _CJK_GAP.sub("", text.strip()) if text else None
 
 
 class _TagBalance(HTMLParser):
