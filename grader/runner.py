@@ -87,7 +87,7 @@ def grade(exercise_id: str, submission: Submission, public_only: bool = False) -
     """Run the graders of one exercise against `submission` and return the scored result."""
     path = by_id(exercise_id).grader_path
     collector = _Collector(submission)
-    args = [str(path), "-q", "-p", "no:cacheprovider", "-p", "no:terminal", "--assert=plain",
+    args = [str(path), "-p", "no:cacheprovider", "-p", "no:terminal", "--assert=plain",
             "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
     if public_only:
         args += ["-m", "public"]
