@@ -160,5 +160,31 @@ def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text)
 # GRADE-COMMANDS
 
 
+# NBGRADER-COMMANDS (nbgrader course creation; `llmstudy grade --nbgrader` writes the gradebook)
+@main.group()
+def nbgrader():
+    """Use llmstudy's exercises and sandboxed grader with an nbgrader course."""
+
+
+@nbgrader.command("init")
+@click.argument("course", type=click.Path(file_okay=False))
+@click.option("--assignment", default="week1", show_default=True, help="nbgrader assignment name.")
+@click.option("--course-id", default=None, help="nbgrader course id (default: the folder's name).")
+@click.option("--force", is_flag=True, help="Rebuild the source notebooks if they already exist.")
+def nbgrader_init(course, assignment, course_id, force):
+    """Create an nbgrader course in COURSE: source notebooks with solution and grade cells from exercises/."""
+    from grader import nbgrader as nbg
+
+    try:
+        written = nbg.init_course(course, assignment, course_id=course_id, force=force)
+    except nbg.CourseError as exc:
+        raise UserError(str(exc)) from None
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"Next: cd {course} && nbgrader generate_assignment {assignment}   (student notebooks in release/)\n"
+               f"      put submissions in {course}/submitted/<student>/{assignment}/, then\n"
+               f"      llmstudy grade --nbgrader {course} --assignment {assignment} && nbgrader export")
+
+
 if __name__ == "__main__":
     sys.exit(main())
