@@ -170,13 +170,19 @@ def nbgrader():
 @click.argument("course", type=click.Path(file_okay=False))
 @click.option("--assignment", default="week1", show_default=True, help="nbgrader assignment name.")
 @click.option("--course-id", default=None, help="nbgrader course id (default: the folder's name).")
+@click.option("--exercise", "exercise_ids", multiple=True, metavar="ID",
+              help="Only this exercise, by id, e.g. attention (repeatable; default: all).")
 @click.option("--force", is_flag=True, help="Rebuild the source notebooks if they already exist.")
-def nbgrader_init(course, assignment, course_id, force):
+def nbgrader_init(course, assignment, course_id, exercise_ids, force):
     """Create an nbgrader course in COURSE: source notebooks with solution and grade cells from exercises/."""
     from grader import nbgrader as nbg
+    from llmstudy.exercises import EXERCISES, by_id
 
     try:
-        written = nbg.init_course(course, assignment, course_id=course_id, force=force)
+        chosen = tuple(by_id(i) for i in exercise_ids) or EXERCISES
+        written = nbg.init_course(course, assignment, course_id=course_id, exercises=chosen, force=force)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
     except nbg.CourseError as exc:
         raise UserError(str(exc)) from None
     for path in written:
