@@ -1,0 +1,24 @@
+"""Self-check inside a notebook: run an exercise's public tests on the functions the notebook defines.
+
+    from llmstudy.selfcheck import check
+    check("sampling", globals())
+
+The public tests are a subset of the hidden graders; they run here exactly as in official grading (values cross by
+value through grader.codec), only in this process.
+"""
+from __future__ import annotations
+
+
+def check(exercise_id: str, namespace: dict, public_only: bool = True):
+    """Grade the functions in `namespace` (a notebook's globals()) with the public tests; print and return the result."""
+    from grader.runner import grade
+    from grader.submission import InProcessSubmission
+
+    result = grade(exercise_id, InProcessSubmission(namespace, exercise_id), public_only=public_only)
+    for test in result.tests:
+        mark = "PASS" if test.passed else "FAIL"
+        line = f"{mark}  {test.name} ({test.score:g}/{test.max_score:g})"
+        print(line + ("" if test.passed else f"\n      {test.message}"))
+    which = "public tests" if public_only else "all tests"
+    print(f"{exercise_id}: {result.score:g}/{result.max_score:g} points, {result.message} ({which})")
+    return result
