@@ -9,8 +9,10 @@ value through grader.codec), only in this process.
 from __future__ import annotations
 
 
-def check(exercise_id: str, namespace: dict, public_only: bool = True):
-    """Grade the functions in `namespace` (a notebook's globals()) with the public tests; print and return the result."""
+def check(exercise_id: str, namespace: dict, public_only: bool = True) -> None:
+    """Grade the functions in `namespace` (a notebook's globals()) with the public tests and print each result.
+
+    Returns None, so that a notebook cell ending in check(...) shows only the printed lines."""
     from grader.runner import grade
     from grader.submission import InProcessSubmission
 
@@ -21,4 +23,3 @@ def check(exercise_id: str, namespace: dict, public_only: bool = True):
         print(line + ("" if test.passed else f"\n      {test.message}"))
     which = "public tests" if public_only else "all tests"
     print(f"{exercise_id}: {result.score:g}/{result.max_score:g} points, {result.message} ({which})")
-    return result
