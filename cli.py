@@ -63,10 +63,14 @@ def cards():
               help="Output file [default: llm-week1[-LANG].apkg or .csv in the current folder].")
 @click.option("--format", "fmt", type=click.Choice(["apkg", "csv"]), default=None,
               help="apkg (with figures) or Anki's CSV [default: from --out's suffix, else apkg].")
-def cards_export(lang, out, fmt):
+@click.option("--concepts", "concepts_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="Folder of concept YAML files [default: cards/concepts].")
+def cards_export(lang, out, fmt, concepts_dir):
     """Write the deck for Anki; re-importing a newer export updates the same notes."""
-    from cards.data import CardDataError, load_concepts
+    from cards.data import CONCEPTS_DIR, CardDataError, load_concepts
     from cards import deck
+
+    concepts_dir = concepts_dir or CONCEPTS_DIR
 
     fmt = fmt or (out.suffix.lstrip(".").lower() if out is not None and out.suffix.lower() in (".apkg", ".csv")
                   else "apkg")
@@ -74,14 +78,15 @@ def cards_export(lang, out, fmt):
     if not out.parent.is_dir():
         raise UserError(f"--out: folder '{out.parent}' does not exist; create it or pick another path")
     try:
-        concepts = load_concepts()
+        concepts = load_concepts(concepts_dir)
         if fmt == "csv":
             summary = deck.build_csv(concepts, out, lang)
         else:
+            from rich.console import Console
             from rich.progress import Progress
-            with Progress(transient=True) as bar:
+            with Progress(console=Console(stderr=True), transient=True) as bar:
                 task = bar.add_task("drawing figures", total=len({c.figure for c in concepts if c.figure}))
-                summary = deck.build_apkg(concepts, out, lang,
+                summary = deck.build_apkg(concepts, out, lang, revisions_path=concepts_dir / deck.REVISIONS,
                                           progress=lambda name: bar.update(task, advance=1, description=name))
     except CardDataError as err:
         raise UserError(f"bad card data: {err}") from None
@@ -90,11 +95,13 @@ def cards_export(lang, out, fmt):
 
 
 @cards.command("list")
-def cards_list():
+@click.option("--concepts", "concepts_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="Folder of concept YAML files [default: cards/concepts].")
+def cards_list(concepts_dir):
     """Every concept in lecture order: id, section, terms, figure and exercise."""
     from cards.data import CardDataError, load_concepts
     try:
-        concepts = load_concepts()
+        concepts = load_concepts(concepts_dir)
     except CardDataError as err:
         raise UserError(f"bad card data: {err}") from None
     for c in concepts:

@@ -6,9 +6,9 @@ Identity, so that re-importing updates instead of duplicating:
   depends on the concept id, never on its text;
 - each `--lang` is its own variant (own root deck, note types and GUIDs): pick one, or import several side by side.
 
-Modification times (why cards/revisions.json exists): Anki's importer updates an existing note only when the
+Modification times (why cards/concepts/revisions.json exists): Anki's importer updates an existing note only when the
 incoming note is newer. genanki stamps every note with the build time, which would make every rebuild overwrite a
-learner's own edits. Instead each concept's content hash is recorded in cards/revisions.json with the time that
+learner's own edits. Instead each concept's content hash is recorded in revisions.json with the time that
 content was first exported; a build reuses that time while the hash matches and stamps a new, strictly later time
 when it changes, then records it. The file is committed, so everyone's builds agree (the same data gives the same
 collection content), and after editing concepts you commit the updated file with them.
@@ -33,7 +33,7 @@ from cards.data import CardDataError, Concept
 from cards.figures import media_name
 
 NAMESPACE = "llmstudy/week1"
-REVISIONS_FILE = Path(__file__).resolve().parent / "revisions.json"
+REVISIONS = "revisions.json"     # lives beside the concept files it stamps: cards/concepts/revisions.json
 LANGS = ("ja", "en", "both")
 ROOT_DECK = {"both": "LLM Week 1", "ja": "LLM Week 1 (日本語)", "en": "LLM Week 1 (English)"}
 ROOT_DESCRIPTION = {
@@ -162,9 +162,10 @@ class Revisions:
         self.changed.append(key)
         return mod
 
-    def prune(self, keep: Iterable[str]) -> None:
-        keep = set(keep)
-        for key in [k for k in self.entries if k not in keep]:
+    def prune(self, concept_ids: Iterable[str]) -> None:
+        """Forget concepts that are gone (note types stay: other --lang variants use theirs)."""
+        keep = set(concept_ids)
+        for key in [k for k in self.entries if k not in keep and not k.startswith("notetype:")]:
             del self.entries[key]
             self.changed.append(key)
 
@@ -218,9 +219,13 @@ def _section_numbers(concepts: list[Concept]) -> dict[str, int]:
     return numbers
 
 
-def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions_path: Path | None = REVISIONS_FILE,
+def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions_path: Path | None = None,
                now: Callable[[], float] = time.time, progress: Callable[[str], None] | None = None) -> BuildSummary:
-    """Write the deck for `lang` to `out` (atomically: a temp file renamed at the end) and return what it holds."""
+    """Write the deck for `lang` to `out` (atomically: a temp file renamed at the end) and return what it holds.
+
+    revisions_path: the revisions file to read and update (the CLI uses concepts-folder/revisions.json); None stamps
+    new content with `now()` and records nothing.
+    """
     import genanki
     from cards import figures
 
@@ -229,11 +234,7 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
     revisions = Revisions.load(revisions_path)
     t = now()
 
-    basic_model = _model(stable_id("model", "concept", lang), f"llmstudy concept ({lang})",
-                         fields=[{"name": f} for f in BASIC_FIELDS], templates=_basic_templates(lang), css=CSS)
-    cloze_model = _model(stable_id("model", "cloze", lang), f"llmstudy cloze ({lang})",
-                         fields=[{"name": f} for f in CLOZE_FIELDS], templates=_cloze_templates(lang), css=CSS,
-                         model_type=genanki.Model.CLOZE)
+    basic_model, cloze_model = _models(lang)
     for model in (basic_model, cloze_model):
         model.mod = revisions.stamp(f"notetype:{model.name}", _model_hash(model), t)
 
@@ -257,7 +258,7 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
             deck.add_note(note)
             n_notes += 1
             n_cards += len(note.cards)
-    revisions.prune([c.id for c in concepts] + [f"notetype:{m.name}" for m in (basic_model, cloze_model)])
+    revisions.prune(c.id for c in concepts)
 
     figure_names = sorted({c.figure for c in concepts if c.figure})
     with tempfile.TemporaryDirectory(prefix="llmstudy-cards-") as tmp:
@@ -274,6 +275,27 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
     saved = revisions.save()
     return BuildSummary(Path(out), "apkg", lang, len(concepts), n_notes, n_cards, list(decks),
                         [media_name(n) for n in figure_names], revisions.changed, saved, revisions.path)
+
+
+def _models(lang: str):
+    """The (basic, cloze) note types of the `lang` variant."""
+    import genanki
+    basic = _model(stable_id("model", "concept", lang), f"llmstudy concept ({lang})",
+                   fields=[{"name": f} for f in BASIC_FIELDS], templates=_basic_templates(lang), css=CSS)
+    cloze = _model(stable_id("model", "cloze", lang), f"llmstudy cloze ({lang})",
+                   fields=[{"name": f} for f in CLOZE_FIELDS], templates=_cloze_templates(lang), css=CSS,
+                   model_type=genanki.Model.CLOZE)
+    return basic, cloze
+
+
+def stale_revisions(concepts: list[Concept], revisions_path: Path) -> list[str]:
+    """Concept ids and note types whose content no longer matches `revisions_path` (all --lang variants):
+    what the next export would restamp. Empty when the committed file is up to date."""
+    entries = Revisions.load(revisions_path).entries
+    current = {c.id: content_hash(c) for c in concepts}
+    for lang in LANGS:
+        current |= {f"notetype:{m.name}": _model_hash(m) for m in _models(lang)}
+    return sorted(key for key, digest in current.items() if entries.get(key, {}).get("sha256") != digest)
 
 
 def build_csv(concepts: list[Concept], out: Path, lang: str = "both") -> BuildSummary:
@@ -356,9 +378,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write next to `path`, then rename: readers never see half a file, and a failure leaves the old one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; give the file the mode open() would have
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -48,15 +48,16 @@ def sinusoidal_positional_encoding(n_positions: int, d_model: int) -> np.ndarray
     return pe
 
 
-def top_k_top_p_keep(probs: np.ndarray, k: int, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """For probs sorted in descending order: (kept by top-k, kept by top-p) as bool masks [V].
+def top_k_then_top_p(probs: np.ndarray, k: int, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """probs: [V] sorted in descending order -> (kept by top-k, kept by both) as bool masks [V].
 
-    Top-p keeps the smallest prefix whose mass reaches p, so the token that crosses p stays in.
+    The order transformers applies them (temperature, then top-k, then top-p): top-p sees only the k survivors,
+    renormalised, and keeps the smallest prefix whose mass reaches p (the token that crosses p stays in).
     """
     by_k = np.arange(len(probs)) < k
-    mass_before = np.cumsum(probs) - probs
-    by_p = mass_before < p
-    return by_k, by_p
+    renormalised = np.where(by_k, probs, 0.0) / probs[by_k].sum()
+    mass_before = np.cumsum(renormalised) - renormalised
+    return by_k, by_k & (mass_before < p)
 
 
 # --- the figures ------------------------------------------------------------------------------------------------
@@ -73,34 +74,34 @@ def _softmax_temperature(fig) -> None:
 
 
 def _top_k_top_p(fig) -> None:
-    k, p = 5, 0.75
+    k, p = 6, 0.75
     probs = softmax(LOGITS)
-    by_k, by_p = top_k_top_p_keep(probs, k, p)
-    colors = np.where(by_k & by_p, "#2E8B57", np.where(by_k | by_p, "#E1A23B", "#BBBBBB"))
+    by_k, kept = top_k_then_top_p(probs, k, p)
+    colors = np.where(kept, "#2E8B57", np.where(by_k, "#E1A23B", "#BBBBBB"))
     ax = fig.subplots()
     x = np.arange(len(TOKENS))
     ax.bar(x, probs, color=colors)
     ax.set_xticks(x, TOKENS)
-    ax.set_ylabel("probability")
+    ax.set_ylabel("probability (temperature 1)")
+    top = probs.max()
     ax.axvline(k - 0.5, color="black", linestyle="--")
-    ax.text(k - 0.45, probs.max() * 0.95, f"top-k cut (k={k})", fontsize=9)
-    last_p = int(np.flatnonzero(by_p)[-1])
-    ax.axvline(last_p + 0.5, color="#C44E52", linestyle=":")
-    ax.text(last_p + 0.55, probs.max() * 0.80, f"top-p cut (p={p:g})", fontsize=9, color="#C44E52")
-    ax.plot(x, np.cumsum(probs) * probs.max(), color="#555555", marker=".", linewidth=1,
-            label="cumulative probability (scaled)")
-    ax.legend(handles=[*ax.get_legend_handles_labels()[0],
-                       _patch("#2E8B57", "kept: passes top-k AND top-p"),
-                       _patch("#E1A23B", "passes only one filter: dropped"),
-                       _patch("#BBBBBB", "dropped by both")], fontsize=8, loc="center right")
-    ax.set_title("Tokens sorted by probability; with both filters only the green ones can be sampled")
+    ax.text(k - 0.45, top * 0.45, f"top-k cut\n(k={k})", fontsize=9)
+    last = int(np.flatnonzero(kept)[-1])
+    ax.axvline(last + 0.5, color="#C44E52", linestyle=":")
+    ax.text(last + 0.55, top * 0.6, f"top-p cut (p={p:g}\nof the renormalised\ntop-{k} mass)", fontsize=9,
+            color="#C44E52")
+    ax.legend(handles=[_patch("#2E8B57", "kept: passes top-k, then top-p"),
+                       _patch("#E1A23B", "in the top k, cut by top-p"),
+                       _patch("#BBBBBB", "cut by top-k")], fontsize=8, loc="upper center")
+    ax.set_title("Top-k first, then top-p on what is left: only green tokens can be sampled")
 
 
 def _positional_encoding(fig) -> None:
-    pe = sinusoidal_positional_encoding(64, 128)
+    pe = sinusoidal_positional_encoding(64, 128)                        # [64, 128]
+    grouped = np.concatenate([pe[:, 0::2], pe[:, 1::2]], axis=1)        # sin columns, then cos: no stripes
     ax = fig.subplots()
-    image = ax.imshow(pe, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_xlabel("embedding dimension (even: sin, odd: cos)")
+    image = ax.imshow(grouped, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_xlabel("frequency index i (left half: sin dimensions 2i, right half: cos dimensions 2i+1)")
     ax.set_ylabel("position in the sequence")
     ax.set_title("Sinusoidal positional encoding: each position gets a unique pattern")
     fig.colorbar(image, ax=ax)
@@ -109,24 +110,22 @@ def _positional_encoding(fig) -> None:
 def _project_lifecycle(fig) -> None:
     ax = fig.subplots()
     ax.set_axis_off()
-    ax.set_xlim(0, 10)
+    ax.set_xlim(0, 11)
     ax.set_ylim(0, 5)
-    stages = [
-        (0.9, "Scope\n\ndefine the\nuse case", "#DCE8F5"),
-        (2.9, "Select\n\nchoose an existing\nmodel or pretrain\nyour own", "#DCE8F5"),
-        (8.8, "Application\nintegration\n\noptimize for\ninference;\nbuild LLM-\npowered apps", "#DCE8F5"),
-    ]
-    for x, text, color in stages:
-        _box(ax, x, 2.5, 1.6, 3.6, text, color)
-    ax.add_patch(_rect(4.1, 0.5, 3.6, 4.1, "#F6F0DC"))
-    ax.text(5.9, 4.35, "Adapt and align model", ha="center", va="center", fontsize=10, weight="bold")
-    for y, text in ((3.6, "Prompt engineering"), (2.65, "Fine-tuning"),
-                    (1.7, "Align with human feedback\n(RLHF)"), (0.95, "Evaluate")):
-        _box(ax, 5.9, y, 3.0, 0.7, text, "#FFFFFF", fontsize=9)
-    ax.annotate("", xy=(7.55, 3.6), xytext=(7.55, 0.95),
-                arrowprops=dict(arrowstyle="->", color="#C44E52", connectionstyle="arc3,rad=0.5"))
-    ax.text(7.95, 2.3, "iterate", color="#C44E52", fontsize=9, rotation=90, va="center")
-    for x0, x1 in ((1.7, 2.1), (3.7, 4.1), (7.7 + 0.3, 8.0)):
+    for x, w, text in ((1.0, 1.8, "Scope\n\ndefine the\nuse case"),
+                       (3.15, 1.9, "Select\n\nuse an existing\nmodel, or\npretrain\nyour own"),
+                       (9.95, 1.9, "Application\nintegration\n\noptimize and\ndeploy for\ninference;\n"
+                                   "build LLM-\npowered apps")):
+        _box(ax, x, 2.5, w, 3.6, text, "#DCE8F5", fontsize=9)
+    ax.add_patch(_rect(4.5, 0.45, 4.2, 4.2, "#F6F0DC"))
+    ax.text(6.6, 4.35, "Adapt and align model", ha="center", va="center", fontsize=10, weight="bold")
+    for y, text in ((3.6, "Prompt engineering"), (2.7, "Fine-tuning"),
+                    (1.75, "Align with human feedback\n(RLHF)"), (0.9, "Evaluate")):
+        _box(ax, 6.3, y, 3.0, 0.65, text, "#FFFFFF", fontsize=9)
+    ax.annotate("", xy=(7.9, 3.6), xytext=(7.9, 0.9),
+                arrowprops=dict(arrowstyle="->", color="#C44E52", connectionstyle="arc3,rad=0.4"))
+    ax.text(8.45, 2.25, "iterate", color="#C44E52", fontsize=9, rotation=90, va="center")
+    for x0, x1 in ((1.9, 2.2), (4.1, 4.5), (8.7, 9.0)):
         ax.annotate("", xy=(x1, 2.5), xytext=(x0, 2.5), arrowprops=dict(arrowstyle="->"))
     ax.set_title("Generative AI project lifecycle")
 
@@ -135,10 +134,10 @@ def _model_families(fig) -> None:
     ax = fig.subplots()
     ax.set_axis_off()
     ax.set_xlim(0, 9)
-    ax.set_ylim(0, 5)
+    ax.set_ylim(1.4, 5)
     columns = [
         (1.5, "Encoder-only", [("Encoder", "#DCE8F5")],
-         "understands the whole input:\nclassification, sentiment,\nnamed entities\n\ne.g. BERT"),
+         "understands the whole input:\nclassification, sentiment,\nnamed entities\n\ne.g. BERT, RoBERTa"),
         (4.5, "Encoder-decoder", [("Encoder", "#DCE8F5"), ("Decoder", "#F6DCDC")],
          "maps one sequence to another:\ntranslation, summarisation\n\ne.g. BART, T5, FLAN-T5"),
         (7.5, "Decoder-only", [("Decoder", "#F6DCDC")],
