@@ -171,7 +171,7 @@ class Store:
         elapsed = None if before is None or before.last_review is None else \
             (reviewed_at - before.last_review).total_seconds() / 86400
         scheduled = (after.due - reviewed_at).total_seconds() / 86400
-        if True:
+        with self._db:
             card_id = self.card_id(concept_id)
             self._db.execute("UPDATE cards SET state = ?, step = ?, stability = ?, difficulty = ?, due = ?, "
                              "last_review = ? WHERE card_id = ?",
