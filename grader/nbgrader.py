@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import io
 import json
 import os
@@ -192,14 +193,14 @@ def _solution_cell_source(source: str, exercise: Exercise, ref: _Reference, avai
     return "\n".join(lines)
 
 
-def _grade_cell_source(exercise: Exercise) -> str:
+def _grade_cell_source(exercise: Exercise, points: float) -> str:
     return (f"# Graded cell (locked). Official grading runs the hidden tests of '{exercise.id}' on your functions\n"
             f"# above. Check your work first: `llmstudy check {exercise.notebook}`.\n"
             f"{BEGIN_HIDDEN}\n"
             f"# Plain `nbgrader autograde` runs this in the notebook's kernel; `llmstudy grade --nbgrader` instead\n"
             f"# writes the sandboxed score here as nbgrader partial credit.\n"
             f"from grader.nbgrader import autograde_score\n"
-            f"autograde_score({exercise.id!r}, globals())\n"
+            f"autograde_score({exercise.id!r}, globals(), points={points!r})\n"
             f"{END_HIDDEN}")
 
 
@@ -241,7 +242,7 @@ def source_notebook(exercise: Exercise, points: float | None = None) -> nbformat
     if missing:
         raise CourseError(f"{exercise.notebook_path} has no stub cell defining {', '.join(missing)}")
 
-    nb.cells.append(nbformat.v4.new_code_cell(_grade_cell_source(exercise),
+    nb.cells.append(nbformat.v4.new_code_cell(_grade_cell_source(exercise, points),
                                               metadata=_meta("grade", grade_id(exercise), points)))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
@@ -271,11 +272,27 @@ def init_course(course: str | Path, assignment: str = "week1", course_id: str | 
     return written
 
 
+def solved_notebook(release: nbformat.NotebookNode, source: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A student's notebook with every exercise solved: the release notebook (stubs) with each solution cell
+    replaced by the source notebook's cell of the same grade_id, minus the BEGIN/END SOLUTION lines."""
+    def solution_cells(nb):
+        return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
+                if c.metadata.get("nbgrader", {}).get("solution")}
+
+    reference = solution_cells(source)
+    solved = copy.deepcopy(release)
+    for cell_id, cell in solution_cells(solved).items():
+        cell.source = "\n".join(line for line in reference[cell_id].source.splitlines()
+                                if line.strip() not in (BEGIN_SOLUTION, END_SOLUTION))
+    return solved
+
+
 # --- nbgrader's own autograde: runs inside the notebook's kernel ---------------------------------------------------
-def autograde_score(exercise_id: str, namespace: dict) -> float:
+def autograde_score(exercise_id: str, namespace: dict, points: float) -> float:
     """The hidden tests of one exercise on the functions in `namespace` (the kernel's globals), in THIS process.
 
-    Prints one line per test; returns the points earned, which nbgrader reads as the grade cell's partial credit.
+    Prints one line per test; returns the points earned, rescaled to the grade cell's `points`, which nbgrader reads
+    as the cell's partial credit (nbgrader rejects partial credit above the cell's points).
     Anything on stderr would make nbgrader give 0 points, so warnings and library logging are silenced here."""
     from grader.runner import grade
     from grader.submission import InProcessSubmission
@@ -284,7 +301,7 @@ def autograde_score(exercise_id: str, namespace: dict) -> float:
         warnings.simplefilter("ignore")
         result = grade(exercise_id, InProcessSubmission(namespace, exercise_id))
     print(_report(result.message, result.tests))
-    return result.score
+    return cell_points(result.score, result.max_score, points)
 
 
 def _report(message: str, tests) -> str:
