@@ -363,7 +363,8 @@ def summary(result: SessionResult, store: Store, now: datetime, new_per_day: int
     counts = Counter(result.ratings)
     done = (f"{len(result.ratings)} rated ("
             + ", ".join(f"{r.name} {counts[r]}" for r in Rating) + ")") if result.ratings else "Nothing rated"
-    lead = "Stopped; every rating so far is saved." if result.stopped else "Done."
+    lead = "Stopped; every rating so far is saved." if result.stopped else \
+        "Done." if result.ratings else "Nothing due now."
     s = stats(store, now, new_per_day)
     upcoming = [c.fsrs.due for c in store.cards() if c.fsrs is not None and c.fsrs.due > now]
     nxt = f" Next card due {min(upcoming).astimezone(now.tzinfo):%Y-%m-%d %H:%M}." if upcoming else ""
