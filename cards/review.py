@@ -361,12 +361,13 @@ def _read_rating(read: Callable[[str], str | None], console: Console) -> Rating 
 def summary(result: SessionResult, store: Store, now: datetime, new_per_day: int) -> str:
     """One or two lines for the end of a session."""
     counts = Counter(result.ratings)
-    done = (f"{len(result.ratings)} rated ("
-            + ", ".join(f"{r.name} {counts[r]}" for r in Rating) + ")") if result.ratings else "Nothing rated"
+    done = f" {len(result.ratings)} rated (" + ", ".join(f"{r.name} {counts[r]}" for r in Rating) + ")."
+    if not result.ratings:
+        done = " Nothing rated." if result.stopped else ""
     lead = "Stopped; every rating so far is saved." if result.stopped else \
         "Done." if result.ratings else "Nothing due now."
     s = stats(store, now, new_per_day)
     upcoming = [c.fsrs.due for c in store.cards() if c.fsrs is not None and c.fsrs.due > now]
     nxt = f" Next card due {min(upcoming).astimezone(now.tzinfo):%Y-%m-%d %H:%M}." if upcoming else ""
-    return (f"{lead} {done}. Still due today: {s.due_today} (+ {s.new_today} new); "
+    return (f"{lead}{done} Still due today: {s.due_today} (+ {s.new_today} new); "
             f"due tomorrow: {s.due_by_day[0]}.{nxt}")
