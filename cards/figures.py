@@ -9,6 +9,7 @@ Labels are in English only: the bundled DejaVu Sans has no Japanese glyphs, and 
 """
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Callable
@@ -180,8 +181,14 @@ FIGURES: dict[str, Callable] = {
 }
 
 
+@functools.cache
 def render(name: str) -> bytes:
-    """The PNG bytes of figure `name`; the same for the same code and matplotlib version."""
+    """The PNG bytes of figure `name`, drawn once per process (a figure depends on nothing but this code)."""
+    return draw(name)
+
+
+def draw(name: str) -> bytes:
+    """Draw figure `name` to PNG bytes; the same bytes for the same code and matplotlib version."""
     import matplotlib
     from matplotlib.figure import Figure     # a bare Figure uses the Agg canvas and touches no pyplot state
 
