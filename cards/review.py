@@ -24,13 +24,13 @@ from pathlib import Path
 
 import click
 from fsrs import Card, Rating, Scheduler, State
-from rich.console import Console, Group
+from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from cards.data import Concept
-from cards.store import NEW, Store, StoredCard
+from cards.store import Store, StoredCard
 
 LEARN_AHEAD = timedelta(minutes=20)   # Anki's default "learn ahead limit"
 DAY_STARTS_AT = 4                      # local hour; Anki's default "next day starts at"
