@@ -110,6 +110,8 @@ def load_concepts(directory: Path | None = None) -> list[Concept]:
 def _read_file(path: Path) -> tuple[str, tuple[str, str], list]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CardDataError(f"{path.name}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

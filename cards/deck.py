@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -63,11 +63,10 @@ CLOZE_FIELDS = ("Id", "Text_ja", "Text_en", "Term_ja", "Term_en", "Figure")
 _JA = '<div lang="ja" class="{cls}">{{{{{field}}}}}</div>'
 _EN = '<div lang="en" class="{cls}">{{{{{field}}}}}</div>'
 _FIGURE = '{{#Figure}}<div class="figure">{{Figure}}</div>{{/Figure}}'
-_EXERCISE = {
-    "ja": '{{#Exercise}}<div class="exercise" lang="ja">演習: {{Exercise}}</div>{{/Exercise}}',
-    "en": '{{#Exercise}}<div class="exercise">Exercise: {{Exercise}}</div>{{/Exercise}}',
-    "both": '{{#Exercise}}<div class="exercise">Exercise / <span lang="ja">演習</span>: {{Exercise}}</div>{{/Exercise}}',
-}
+EXERCISE_LABEL = {"ja": '<span lang="ja">演習</span>', "en": "Exercise",
+                  "both": 'Exercise / <span lang="ja">演習</span>'}
+_EXERCISE = {lang: f'{{{{#Exercise}}}}<div class="exercise">{label}: {{{{Exercise}}}}</div>{{{{/Exercise}}}}'
+             for lang, label in EXERCISE_LABEL.items()}
 
 
 def _basic_templates(lang: str) -> list[dict]:
@@ -116,22 +115,29 @@ def deck_name(lang: str, concept: Concept, section_number: int) -> str:
     return f"{ROOT_DECK[lang]}::{section_number:02d} {title}"
 
 
+def note_fields(concept: Concept) -> tuple[list[str], list[str] | None]:
+    """The field values of the concept's basic note (BASIC_FIELDS) and cloze note (CLOZE_FIELDS, or None)."""
+    c = concept
+    figure = f'<img src="{media_name(c.figure)}">' if c.figure else ""
+    basic = [c.id, c.term_ja, c.term_en, c.explanation_ja, c.explanation_en, figure, exercise_label(c.exercise)]
+    cloze = [c.id, c.cloze_ja, c.cloze_en, c.term_ja, c.term_en, figure] if c.cloze_ja else None
+    return basic, cloze
+
+
 def content_hash(concept: Concept) -> str:
-    """What a note shows; the lecture position (order) and the data file name are not content."""
-    content = {k: v for k, v in asdict(concept).items() if k not in ("order", "source")}
+    """A hash of what the concept's notes hold (fields and tags); its lecture position and source file are not
+    content. Figures count by name: their PNG bytes vary with the matplotlib version."""
+    content = {"fields": note_fields(concept), "tags": concept.tags}
     return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def exercise_label(exercise_id: str | None) -> str:
+    """'<code>exercises/03_sampling.ipynb</code> (Greedy, temperature, ...)', from the one list of exercises."""
     if exercise_id is None:
         return ""
     from llmstudy.exercises import by_id
     ex = by_id(exercise_id)
     return f"<code>exercises/{html.escape(ex.notebook)}</code> ({html.escape(ex.title)})"
-
-
-def figure_html(concept: Concept) -> str:
-    return f'<img src="{media_name(concept.figure)}">' if concept.figure else ""
 
 
 # --- modification times -----------------------------------------------------------------------------------------
@@ -246,14 +252,13 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
         mod = revisions.stamp(c.id, content_hash(c), t)
         name = deck_name(lang, c, numbers[c.section])
         deck = decks.setdefault(name, genanki.Deck(stable_id("deck", name), name))
-        fields = [c.id, c.term_ja, c.term_en, c.explanation_ja, c.explanation_en, figure_html(c),
-                  exercise_label(c.exercise)]
-        notes = [_note(mod, model=basic_model, fields=fields, tags=list(c.tags), guid=note_guid(lang, "basic", c.id),
-                       due=c.order)]
-        if c.cloze_ja:
-            notes.append(_note(mod, model=cloze_model, fields=[c.id, c.cloze_ja, c.cloze_en, c.term_ja, c.term_en,
-                                                               figure_html(c)],
-                               tags=list(c.tags), guid=note_guid(lang, "cloze", c.id), due=c.order))
+        basic_fields, cloze_fields = note_fields(c)
+        # due = lecture position: Anki introduces new cards in due order.
+        notes = [_note(mod, model=basic_model, fields=basic_fields, tags=list(c.tags),
+                       guid=note_guid(lang, "basic", c.id), due=c.order)]
+        if cloze_fields:
+            notes.append(_note(mod, model=cloze_model, fields=cloze_fields, tags=list(c.tags),
+                               guid=note_guid(lang, "cloze", c.id), due=c.order))
         for note in notes:
             deck.add_note(note)
             n_notes += 1
@@ -320,7 +325,7 @@ def build_csv(concepts: list[Concept], out: Path, lang: str = "both") -> BuildSu
                 "en": f"<div>{c.explanation_en}</div>",
                 "both": _ja(c.explanation_ja) + f"<hr><div>{c.explanation_en}</div>"}[lang]
         if exercise:
-            back += f"<div>Exercise: {exercise}</div>"
+            back += f"<div>{EXERCISE_LABEL[lang]}: {exercise}</div>"
         writer.writerow([note_guid(lang, "basic", c.id), "Basic", deck, front, back, tags])
         n_notes += 1
         if c.cloze_ja:
@@ -354,8 +359,7 @@ def _stamped():
 
 
 def _model(model_id: int, name: str, **kwargs):
-    model = _stamped()[0](model_id, name, **kwargs)
-    return model
+    return _stamped()[0](model_id, name, **kwargs)
 
 
 def _note(mod: int, **kwargs):

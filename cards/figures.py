@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import io
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np      # imported where used: cards.data reads FIGURES, and `llmstudy review` starts fast
 
 MEDIA_PREFIX = "llmstudy-w1-"     # Anki keeps all media in one folder per profile: keep our names apart
 DPI = 100
@@ -22,7 +23,7 @@ SIZE = (7.0, 3.6)                 # inches: 700 x 360 px, readable on a phone
 
 # One small, fixed next-token distribution shared by the decoding figures.
 TOKENS = ("cake", "pie", "bread", "tea", "soup", "rice", "fish", "jam", "salt", "ink")
-LOGITS = np.array([3.0, 2.4, 2.0, 1.5, 1.1, 0.8, 0.4, 0.1, -0.4, -1.0])
+LOGITS = (3.0, 2.4, 2.0, 1.5, 1.1, 0.8, 0.4, 0.1, -0.4, -1.0)
 
 
 def media_name(figure: str) -> str:
@@ -30,9 +31,10 @@ def media_name(figure: str) -> str:
     return f"{MEDIA_PREFIX}{figure}.png"
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     """logits: [V] -> probabilities [V]. Subtract the max first so exp() cannot overflow."""
-    z = logits / temperature
+    import numpy as np
+    z = np.asarray(logits, dtype=np.float64) / temperature
     e = np.exp(z - z.max())
     return e / e.sum()
 
@@ -40,6 +42,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def sinusoidal_positional_encoding(n_positions: int, d_model: int) -> np.ndarray:
     """[n_positions, d_model]: PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same)
     (Vaswani et al. 2017, §3.5)."""
+    import numpy as np
     pos = np.arange(n_positions)[:, None]                                   # [P, 1]
     inv_freq = 1.0 / 10000 ** (np.arange(0, d_model, 2) / d_model)          # [D/2]
     angles = pos * inv_freq[None, :]                                        # [P, D/2]
@@ -55,6 +58,7 @@ def top_k_then_top_p(probs: np.ndarray, k: int, p: float) -> tuple[np.ndarray, n
     The order transformers applies them (temperature, then top-k, then top-p): top-p sees only the k survivors,
     renormalised, and keeps the smallest prefix whose mass reaches p (the token that crosses p stays in).
     """
+    import numpy as np
     by_k = np.arange(len(probs)) < k
     renormalised = np.where(by_k, probs, 0.0) / probs[by_k].sum()
     mass_before = np.cumsum(renormalised) - renormalised
@@ -63,6 +67,7 @@ def top_k_then_top_p(probs: np.ndarray, k: int, p: float) -> tuple[np.ndarray, n
 
 # --- the figures ------------------------------------------------------------------------------------------------
 def _softmax_temperature(fig) -> None:
+    import numpy as np
     temperatures = (0.5, 1.0, 2.0)
     axes = fig.subplots(1, len(temperatures), sharey=True)
     x = np.arange(len(TOKENS))
@@ -75,6 +80,7 @@ def _softmax_temperature(fig) -> None:
 
 
 def _top_k_top_p(fig) -> None:
+    import numpy as np
     k, p = 6, 0.75
     probs = softmax(LOGITS)
     by_k, kept = top_k_then_top_p(probs, k, p)
@@ -98,6 +104,7 @@ def _top_k_top_p(fig) -> None:
 
 
 def _positional_encoding(fig) -> None:
+    import numpy as np
     pe = sinusoidal_positional_encoding(64, 128)                        # [64, 128]
     grouped = np.concatenate([pe[:, 0::2], pe[:, 1::2]], axis=1)        # sin columns, then cos: no stripes
     ax = fig.subplots()

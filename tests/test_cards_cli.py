@@ -27,7 +27,7 @@ def run_python(code: str) -> str:
     return done.stdout.strip()
 
 
-def test_help_and_export_never_import_torch(concepts_copy, tmp_path):
+def test_help_and_list_import_nothing_heavy_and_export_never_imports_torch(concepts_copy, tmp_path):
     out = tmp_path / "deck.apkg"
     code = f"""
 import sys
@@ -36,12 +36,15 @@ import cli
 runner = CliRunner()
 help = runner.invoke(cli.main, ["cards", "export", "--help"])
 assert help.exit_code == 0, help.output
-after_help = sorted(m for m in ("torch", "transformers", "matplotlib", "genanki") if m in sys.modules)
+listed = runner.invoke(cli.main, ["cards", "list", "--concepts", {str(concepts_copy)!r}])
+assert listed.exit_code == 0, listed.output
+after_help = sorted(m for m in ("torch", "transformers", "matplotlib", "genanki", "numpy") if m in sys.modules)
 result = runner.invoke(cli.main, ["cards", "export", "--concepts", {str(concepts_copy)!r}, "--out", {str(out)!r}])
 assert result.exit_code == 0, result.output
 print(after_help, "torch" in sys.modules)
 """
-    # --help loads nothing heavy at all; the export itself needs matplotlib and genanki but never torch.
+    # --help and `cards list` (and so `llmstudy review`, which loads concepts the same way) load nothing heavy;
+    # the export itself needs matplotlib and genanki, but never torch.
     assert run_python(code) == "[] False"
     assert out.stat().st_size > 0
 
