@@ -165,6 +165,98 @@ def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text)
 
 # --- check and grade (issue: sandboxed batch grader) ---------------------------------------------------------------
 # GRADE-COMMANDS
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--show-code", is_flag=True, help="Print exactly the code that grading runs from FILE, and stop.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+def check(file, show_code, device):
+    """Run the public tests of one exercise notebook (or .py) on your machine; exit 1 if any fails."""
+    from grader.extract import SubmissionError, extract
+
+    try:
+        if show_code:
+            click.echo(extract(file), nl=False)
+            return
+        from llmstudy.selfcheck import check_file
+        result = check_file(file, device)
+    except (KeyError, SubmissionError) as exc:
+        raise UserError(exc.args[0]) from None
+    except Exception as exc:  # noqa: BLE001 - the learner's own code failed at import
+        from grader.submission import describe_exception
+        raise UserError(describe_exception("your code at import", exc)) from None
+    for test in result.tests:
+        mark = click.style("PASS", fg="green") if test.passed else click.style("FAIL", fg="red")
+        click.echo(f"{mark}  {test.name} ({test.score:g}/{test.max_score:g})")
+        if not test.passed:
+            click.echo(f"      {test.message}")
+    click.echo(f"{result.exercise}: {result.score:g}/{result.max_score:g} points, {result.message} (public tests; "
+               "the hidden graders check more)")
+    if any(not t.passed for t in result.tests) or not result.tests:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("submissions", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default="results.json", show_default=True,
+              help="Where to write results.json.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write one row per student.")
+@click.option("--gradescope", type=click.Path(file_okay=False), help="Also write DIR/<student>/results.json.")
+@click.option("--feedback", type=click.Path(file_okay=False), help="Also write DIR/<student>.html.")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel workers [default: number of cores].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+              help="Seconds per call into a submission's code; a hang costs one test.")
+@click.option("--allow-unsandboxed", is_flag=True,
+              help="Where isolation is unavailable (not root, not Linux), grade anyway with only separate "
+                   "processes and rlimits.")
+def grade(submissions, out, csv_path, gradescope, feedback, workers, device, timeout, allow_unsandboxed):
+    """Grade a class: SUBMISSIONS/<student>/<exercise>.ipynb (or .py), sandboxed and in parallel."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from grader.sandbox import SandboxUnavailable
+    from llmstudy.models import ModelNotAvailable
+
+    console = Console(stderr=True)
+    outputs = [Path(p).resolve().parent for p in (out, csv_path) if p] + \
+              [Path(p).resolve() for p in (gradescope, feedback) if p]
+    options = dict(workers=workers, device=device, progress=True, allow_unsandboxed=allow_unsandboxed,
+                   timeout=timeout, hide=tuple(str(p) for p in outputs), console=console)
+    try:
+        if submissions is None:
+            raise UserError("give the SUBMISSIONS folder (SUBMISSIONS/<student>/<exercise file>)")
+        from grader.batch import grade_class
+        results = grade_class(Path(submissions), **options)
+    except (SandboxUnavailable, ModelNotAvailable, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    _write_grading_outputs(results, out, csv_path, gradescope, feedback, console)
+
+
+def _write_grading_outputs(results, out, csv_path, gradescope, feedback, console) -> None:
+    """Write results.json and the optional reports, print the summary; exit 2 if our side failed somewhere."""
+    from grader import report
+    from grader.batch import INTERNAL
+
+    report.write_json(results, out)
+    written = [out]
+    if csv_path:
+        report.write_csv(results, csv_path)
+        written.append(csv_path)
+    if gradescope:
+        report.write_gradescope(results, gradescope)
+        written.append(f"{gradescope}/<student>/results.json")
+    if feedback:
+        report.write_feedback(results, feedback)
+        written.append(f"{feedback}/<student>.html")
+    console.print(report.summary_table(results))
+    console.print("wrote " + ", ".join(str(w) for w in written))
+    internal = [(s["student"], e["exercise"]) for s in results["submissions"] for e in s["exercises"]
+                if e["message"].startswith(INTERNAL)]
+    if internal:
+        console.print(f"[red]{len(internal)} submission(s) hit an internal grader error (first: "
+                      f"{internal[0][0]} / {internal[0][1]}); their messages in {out} say what failed[/red]")
+        sys.exit(2)
 
 
 # NBGRADER-COMMANDS (nbgrader course creation; `llmstudy grade --nbgrader` writes the gradebook)

@@ -382,6 +382,7 @@ class SandboxSubmission(Submission):
         self.timeouts = 0                # calls that ran out of time
         self.deaths = 0                  # calls during which the child died
         self.output = b""                # what the learner's code printed first (bounded), for diagnostics
+        self.broken: str | None = None   # set when our side failed during a call (not the learner's fault)
         self._start()
 
     def _start(self) -> None:
@@ -395,6 +396,13 @@ class SandboxSubmission(Submission):
         return self._call(name, args, kwargs, harness=True)
 
     def _call(self, fn: str, args, kwargs, harness: bool) -> Any:
+        try:
+            return self._call_once(fn, args, kwargs, harness)
+        except SandboxBroken as exc:
+            self.broken = str(exc)
+            raise
+
+    def _call_once(self, fn: str, args, kwargs, harness: bool) -> Any:
         blob = codec.encode((list(args), kwargs))
         where = f"checking your code with {fn}" if harness else f"{fn}()"
         if self.budget_left <= 0:

@@ -23,3 +23,19 @@ def check(exercise_id: str, namespace: dict, public_only: bool = True) -> None:
         print(line + ("" if test.passed else f"\n      {test.message}"))
     which = "public tests" if public_only else "all tests"
     print(f"{exercise_id}: {result.score:g}/{result.max_score:g} points, {result.message} ({which})")
+
+
+def check_file(path, device: str = "cpu"):
+    """The public tests of one notebook or .py file, run in this process (`llmstudy check FILE`).
+
+    Returns grader.runner.ExerciseResult; raises KeyError for a file not named like an exercise and
+    grader.extract.SubmissionError for one that can't be read. Exceptions from the learner's code at import
+    propagate (the caller reports them)."""
+    from grader.extract import load_namespace
+    from grader.runner import grade
+    from grader.submission import InProcessSubmission
+    from llmstudy.exercises import for_file
+
+    exercise = for_file(path)
+    namespace = load_namespace(path)
+    return grade(exercise.id, InProcessSubmission(namespace, exercise.id, device), public_only=True)
