@@ -8,7 +8,9 @@
 
 Each source notebook has, per exercise function, an nbgrader *solution* cell whose body is the reference code between
 `### BEGIN SOLUTION` / `### END SOLUTION` (generate_assignment replaces it with `raise NotImplementedError()`), and
-one locked *grade* cell worth the exercise's points (the sum of @pytest.mark.points in grader/tests/test_<id>.py).
+one locked *grade* cell worth the exercise's points (the sum of @pytest.mark.points in grader/tests/test_<id>.py):
+the notebook's self-check cell, with the hidden grading appended between `### BEGIN HIDDEN TESTS` / `### END HIDDEN
+TESTS` (generate_assignment removes it from the student release; nbgrader restores it when autograding).
 
 Two ways to fill the gradebook, and what each checks:
 - `llmstudy grade --nbgrader` (official): only the code that `llmstudy check --show-code` prints runs, in the
@@ -45,7 +47,16 @@ SELF_CHECK_MARKERS = ("selfcheck", "llmstudy check", "llmstudy.check")
 
 CONFIG_TEMPLATE = '''\
 # nbgrader configuration written by `llmstudy nbgrader init`.
+import os
+
 c = get_config()  # noqa: F821 (provided by nbgrader)
+
+# nbgrader gives a grade cell 0 points if anything reaches stderr; the kernels it starts inherit these, which keep
+# model-loading progress bars and library warnings off stderr.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 c.CourseDirectory.course_id = {course_id!r}
 # Plain `nbgrader autograde` runs the hidden tests inside the notebook's kernel; the first model load can take ~40 s.
@@ -193,12 +204,15 @@ def _solution_cell_source(source: str, exercise: Exercise, ref: _Reference, avai
     return "\n".join(lines)
 
 
-def _grade_cell_source(exercise: Exercise, points: float) -> str:
-    return (f"# Graded cell (locked). Official grading runs the hidden tests of '{exercise.id}' on your functions\n"
-            f"# above. Check your work first: `llmstudy check {exercise.notebook}`.\n"
+def _grade_cell_source(exercise: Exercise, points: float, self_check: str | None) -> str:
+    """The learner's self-check (public tests, visible) followed by the hidden grading, whose value is the last
+    expression of the cell: nbgrader's partial credit."""
+    visible = self_check.rstrip() if self_check else (
+        f"# Graded cell. Check your work first: `llmstudy check {exercise.notebook}`.")
+    return (f"{visible}\n"
             f"{BEGIN_HIDDEN}\n"
-            f"# Plain `nbgrader autograde` runs this in the notebook's kernel; `llmstudy grade --nbgrader` instead\n"
-            f"# writes the sandboxed score here as nbgrader partial credit.\n"
+            f"# Plain `nbgrader autograde` runs the hidden tests here, in the notebook's kernel (not sandboxed);\n"
+            f"# `llmstudy grade --nbgrader` writes its sandboxed score here instead, as nbgrader partial credit.\n"
             f"from grader.nbgrader import autograde_score\n"
             f"autograde_score({exercise.id!r}, globals(), points={points!r})\n"
             f"{END_HIDDEN}")
@@ -209,7 +223,9 @@ def _is_self_check(source: str) -> bool:
 
 
 def source_notebook(exercise: Exercise, points: float | None = None) -> nbformat.NotebookNode:
-    """exercises/<nb> turned into an nbgrader source notebook (see the module docstring)."""
+    """exercises/<nb> turned into an nbgrader source notebook (see the module docstring): stub cells become solution
+    cells, the last self-check cell becomes the locked grade cell (appended at the end if there is none), and other
+    self-check cells become read-only."""
     if not exercise.notebook_path.exists():
         raise CourseError(f"exercise notebook {exercise.notebook_path} is missing")
     nb = nbformat.read(exercise.notebook_path, as_version=4)
@@ -223,7 +239,7 @@ def source_notebook(exercise: Exercise, points: float | None = None) -> nbformat
             available |= _bindings(ast.parse(_ipython_free(cell.source))).keys()
 
     found: set[str] = set()
-    self_checks = 0
+    self_checks = []
     for cell in code:
         cell.outputs, cell.execution_count = [], None
         try:
@@ -236,14 +252,19 @@ def source_notebook(exercise: Exercise, points: float | None = None) -> nbformat
             cell.metadata.update(_meta("solution", "solution_" + "_".join(sorted(defined))))
             found |= defined
         elif _is_self_check(cell.source):
-            self_checks += 1
-            cell.metadata.update(_meta("readonly", f"selfcheck_{self_checks}"))
+            self_checks.append(cell)
+            cell.metadata.update(_meta("readonly", f"selfcheck_{len(self_checks)}"))
     missing = [f for f in exercise.functions if f not in found]
     if missing:
         raise CourseError(f"{exercise.notebook_path} has no stub cell defining {', '.join(missing)}")
 
-    nb.cells.append(nbformat.v4.new_code_cell(_grade_cell_source(exercise, points),
-                                              metadata=_meta("grade", grade_id(exercise), points)))
+    if self_checks:
+        graded = self_checks[-1]
+        graded.source = _grade_cell_source(exercise, points, graded.source)
+    else:
+        graded = nbformat.v4.new_code_cell(_grade_cell_source(exercise, points, None))
+        nb.cells.append(graded)
+    graded.metadata.update(_meta("grade", grade_id(exercise), points))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
