@@ -10,8 +10,8 @@ Modification times (why cards/concepts/revisions.json exists): Anki's importer u
 incoming note is newer. genanki stamps every note with the build time, which would make every rebuild overwrite a
 learner's own edits. Instead each concept's content hash is recorded in revisions.json with the time that
 content was first exported; a build reuses that time while the hash matches and stamps a new, strictly later time
-when it changes, then records it. The file is committed, so everyone's builds agree (the same data gives the same
-collection content), and after editing concepts you commit the updated file with them.
+when it changes, then records it. The file is committed, so everyone's builds agree (the same data and the same
+matplotlib give a byte-identical .apkg), and after editing concepts you commit the updated file with them.
 Note types are stamped the same way, from a hash of their fields, templates and CSS.
 """
 from __future__ import annotations
@@ -275,7 +275,7 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
         package = genanki.Package(list(decks.values()), media_files=[str(p) for p in media])
         staged = Path(tmp) / "deck.apkg"
         package.write_to_file(str(staged), timestamp=ID_BASE)
-        _atomic_write(Path(out), staged.read_bytes())
+        _atomic_write(Path(out), _without_zip_times(staged))
     # Record the new times only once the deck is written: a failed build must not claim an export happened.
     saved = revisions.save()
     return BuildSummary(Path(out), "apkg", lang, len(concepts), n_notes, n_cards, list(decks),
@@ -372,6 +372,18 @@ def _model_hash(model) -> str:
     content = {"fields": [f["name"] for f in model.fields], "templates": model.templates, "css": model.css,
                "type": model.model_type}
     return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _without_zip_times(path: Path) -> bytes:
+    """The zip at `path` with every member dated 1980-01-01: genanki's members are byte-identical between builds of
+    the same data, and this makes the .apkg itself identical too."""
+    import zipfile
+    out = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), src.read(info),
+                         compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
 
 
 def _ja(text: str) -> str:
