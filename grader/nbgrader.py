@@ -38,7 +38,7 @@ from pathlib import Path
 
 import nbformat
 
-from llmstudy.exercises import EXERCISES, Exercise, for_file
+from llmstudy.exercises import EXERCISES, Exercise, by_id, for_file
 
 SCHEMA_VERSION = 3
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -392,14 +392,33 @@ def cell_points(score: float, max_score: float, points: float) -> float:
     return round(min(score, max_score) * points / max_score, 6)
 
 
+def check_course(course: str | Path, assignment: str) -> str:
+    """Raise CourseError unless COURSE is an nbgrader course whose gradebook knows `assignment`; returns the
+    gradebook's URL."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    course = Path(course).resolve()
+    if not (course / "nbgrader_config.py").exists():
+        raise CourseError(f"{course} is not an nbgrader course (no nbgrader_config.py); "
+                          f"create one with `llmstudy nbgrader init {course}`")
+    missing = f"assignment '{assignment}' is not in {course}/gradebook.db; run " \
+              f"`nbgrader generate_assignment {assignment}` in {course} first"
+    if not (course / "gradebook.db").exists():
+        raise CourseError(missing)
+    db_url = f"sqlite:///{course / 'gradebook.db'}"
+    with Gradebook(db_url, course_id(course)) as gb:
+        try:
+            gb.find_assignment(assignment)
+        except MissingEntry:
+            raise CourseError(missing) from None
+    return db_url
+
+
 def submission_entries(course: str | Path, assignment: str) -> list[tuple[str, str, Path | None]]:
     """(student, exercise_id, notebook path or None) for every student folder in COURSE/submitted/ and every
     exercise notebook of the assignment."""
     course = Path(course)
     source = course / "source" / assignment
-    if not (course / "nbgrader_config.py").exists():
-        raise CourseError(f"{course} is not an nbgrader course (no nbgrader_config.py); "
-                          f"create one with `llmstudy nbgrader init {course}`")
     exercises = []
     for nb in sorted(source.glob("*.ipynb")):
         with contextlib.suppress(KeyError):
@@ -451,21 +470,11 @@ def write_gradebook(course: str | Path, assignment: str, results: dict) -> dict:
     from nbgrader.api import Gradebook, MissingEntry
 
     course = Path(course).resolve()
-    db_url = f"sqlite:///{course / 'gradebook.db'}"
-    missing = f"assignment '{assignment}' is not in {course}/gradebook.db; run " \
-              f"`nbgrader generate_assignment {assignment}` in {course} first"
-    if not (course / "gradebook.db").exists():
-        raise CourseError(missing)
-    with Gradebook(db_url, course_id(course)) as gb:
-        try:
-            gb.find_assignment(assignment)
-        except MissingEntry:
-            raise CourseError(missing) from None
-
+    db_url = check_course(course, assignment)
     by_student: dict[str, dict[str, dict]] = {}
     for sub in results["submissions"]:
         for ex_result in sub["exercises"]:
-            stem = Path(next(e.notebook for e in EXERCISES if e.id == ex_result["exercise"])).stem
+            stem = by_id(ex_result["exercise"]).stem
             by_student.setdefault(sub["student"], {})[stem] = ex_result
     with tempfile.TemporaryDirectory() as tmp:
         results_file = Path(tmp) / "results.json"
@@ -490,6 +499,7 @@ def write_gradebook(course: str | Path, assignment: str, results: dict) -> dict:
                     continue   # the assignment in the gradebook doesn't have this exercise
                 points = gb.find_grade_cell(grade_id(ex), stem, assignment).max_score
                 expected = cell_points(r["score"], r["max_score"], points)
+                # cell_points rounds to 6 decimals and sqlite stores a double: a real difference is >= 1e-6
                 if grade.auto_score is None or abs(grade.auto_score - expected) > 1e-6:
                     grade.auto_score = expected
                     grade.needs_manual_grade = grade.manual_score is not None
@@ -499,15 +509,15 @@ def write_gradebook(course: str | Path, assignment: str, results: dict) -> dict:
             "log": proc.stdout + proc.stderr}
 
 
-def grade_course(course: str | Path, assignment: str, **grade_options) -> dict:
+def grade_course(course: str | Path, assignment: str, **grade_options) -> tuple[dict, dict]:
     """Grade COURSE/submitted/*/<assignment>/ with the sandboxed grader and write the scores into the gradebook.
 
     grade_options go to grader.batch.grade_entries (workers, device, progress, allow_unsandboxed). Returns the
-    results.json structure, plus results["nbgrader"] = what write_gradebook returned."""
+    results.json structure and what write_gradebook returned."""
     from grader.batch import grade_entries
 
     course = Path(course)
+    check_course(course, assignment)
     entries = submission_entries(course, assignment)
     results = grade_entries(entries, **grade_options)
-    results["nbgrader"] = write_gradebook(course, assignment, results)
-    return results
+    return results, write_gradebook(course, assignment, results)
