@@ -200,9 +200,10 @@ def _strip(text: str | None) -> str | None:
     return text.strip() if text else None
 
 
-# YAML's folded style (>-) joins lines with a space; Japanese puts no spaces between words, so drop those.
+# YAML's folded style (>-) joins lines with a space; Japanese puts no spaces between words or after 、and 。,
+# so drop those.
 _CJK = r"\u3000-\u30ff\u4e00-\u9fff\uff00-\uffef"
-_CJK_GAP = re.compile(f"(?<=[{_CJK}]) +(?=[{_CJK}])")
+_CJK_GAP = re.compile(f"(?<=[{_CJK}]) +(?=[{_CJK}])|(?<=[\u3000-\u303f]) +")
 
 
 def _ja(text: str | None) -> str | None:

@@ -125,7 +125,7 @@ def test_every_exercise_is_practised_by_some_concept(concepts):
 
 def test_japanese_fields_have_no_spaces_between_japanese_characters(concepts):
     # YAML's folded style joins lines with a space; the loader must remove it between Japanese characters.
-    gap = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff、。] [\u3040-\u30ff\u4e00-\u9fff]")
+    gap = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff] [\u3040-\u30ff\u4e00-\u9fff]|[、。] ")
     assert not [c.id for c in concepts if gap.search(c.explanation_ja)]
 
 
