@@ -231,6 +231,7 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
 
     revisions_path: the revisions file to read and update (the CLI uses concepts-folder/revisions.json); None stamps
     new content with `now()` and records nothing.
+    progress: called with each figure's name once it is drawn.
     """
     import genanki
     from cards import figures
@@ -269,9 +270,9 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
     with tempfile.TemporaryDirectory(prefix="llmstudy-cards-") as tmp:
         media = []
         for name in figure_names:
+            media += figures.render_all([name], Path(tmp))
             if progress:
                 progress(name)
-            media += figures.render_all([name], Path(tmp))
         package = genanki.Package(list(decks.values()), media_files=[str(p) for p in media])
         staged = Path(tmp) / "deck.apkg"
         package.write_to_file(str(staged), timestamp=ID_BASE)
