@@ -85,34 +85,18 @@ def _meta(kind: str, cell_id: str, points: float | None = None) -> dict:
 
 
 def max_points(exercise: Exercise) -> float:
-    """Points the hidden tests of `exercise` are worth: the sum of their @pytest.mark.points (1 when unmarked)."""
-    import pytest
+    """Points the hidden tests of `exercise` are worth, counted as official grading counts them."""
+    from grader.batch import exercise_max_score
 
-    path = exercise.grader_path
-    if not path.exists():
-        raise CourseError(f"no graders for '{exercise.id}' ({path} is missing)")
-
-    class Points:
-        total = 0.0
-        count = 0
-
-        def pytest_configure(self, config):
-            config.addinivalue_line("markers", "points(n): points this test is worth")
-            config.addinivalue_line("markers", "public: part of the learner's self-check")
-
-        def pytest_collection_modifyitems(self, items):
-            for item in items:
-                marker = item.get_closest_marker("points")
-                self.total += float(marker.args[0]) if marker else 1.0
-                self.count += 1
-
-    points = Points()
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = pytest.main([str(path), "--collect-only", "-q", "-p", "no:cacheprovider", "-o", "addopts="],
-                           plugins=[points])
-    if code != 0 or points.count == 0:
-        raise CourseError(f"could not collect the graders in {path} (pytest exit {code})")
-    return points.total
+    if not exercise.grader_path.exists():
+        raise CourseError(f"no graders for '{exercise.id}' ({exercise.grader_path} is missing)")
+    try:
+        points = exercise_max_score(exercise.id)
+    except RuntimeError as exc:
+        raise CourseError(str(exc)) from None
+    if points <= 0:
+        raise CourseError(f"the graders in {exercise.grader_path} are worth no points")
+    return points
 
 
 def _bindings(tree: ast.Module) -> dict[str, ast.stmt]:
