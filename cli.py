@@ -209,7 +209,12 @@ def check(file, show_code, device):
 @click.option("--allow-unsandboxed", is_flag=True,
               help="Where isolation is unavailable (not root, not Linux), grade anyway with only separate "
                    "processes and rlimits.")
-def grade(submissions, out, csv_path, gradescope, feedback, workers, device, timeout, allow_unsandboxed):
+@click.option("--nbgrader", "nbgrader_course", type=click.Path(exists=True, file_okay=False), metavar="COURSE",
+              help="Grade COURSE/submitted/<student>/<assignment>/ instead, and write the scores into COURSE's "
+                   "nbgrader gradebook (see `llmstudy nbgrader init`).")
+@click.option("--assignment", help="The nbgrader assignment to grade, with --nbgrader.")
+def grade(submissions, out, csv_path, gradescope, feedback, workers, device, timeout, allow_unsandboxed,
+          nbgrader_course, assignment):
     """Grade a class: SUBMISSIONS/<student>/<exercise>.ipynb (or .py), sandboxed and in parallel."""
     from pathlib import Path
 
@@ -224,10 +229,13 @@ def grade(submissions, out, csv_path, gradescope, feedback, workers, device, tim
     options = dict(workers=workers, device=device, progress=True, allow_unsandboxed=allow_unsandboxed,
                    timeout=timeout, hide=tuple(str(p) for p in outputs), console=console)
     try:
-        if submissions is None:
+        if nbgrader_course is not None:
+            results = _grade_nbgrader_course(nbgrader_course, assignment, submissions, options, console)
+        elif submissions is None:
             raise UserError("give the SUBMISSIONS folder (SUBMISSIONS/<student>/<exercise file>)")
-        from grader.batch import grade_class
-        results = grade_class(Path(submissions), **options)
+        else:
+            from grader.batch import grade_class
+            results = grade_class(Path(submissions), **options)
     except (SandboxUnavailable, ModelNotAvailable, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     _write_grading_outputs(results, out, csv_path, gradescope, feedback, console)
@@ -289,6 +297,34 @@ def nbgrader_init(course, assignment, course_id, exercise_ids, force):
     click.echo(f"Next: cd {course} && nbgrader generate_assignment {assignment}   (student notebooks in release/)\n"
                f"      put submissions in {course}/submitted/<student>/{assignment}/, then\n"
                f"      llmstudy grade --nbgrader {course} --assignment {assignment} && nbgrader export")
+
+
+def _grade_nbgrader_course(course, assignment, submissions, options, console) -> dict:
+    """`llmstudy grade --nbgrader COURSE --assignment NAME`: sandboxed grading, then the scores into the gradebook."""
+    from pathlib import Path
+
+    from grader import nbgrader as nbg
+
+    if submissions is not None:
+        raise UserError("give either SUBMISSIONS or --nbgrader COURSE, not both")
+    if not assignment:
+        raise UserError(f"--nbgrader needs --assignment NAME (a folder in {course}/source/)")
+    # The course holds the reference solutions (source/) and everyone's work: learner code must not see any of it.
+    options = dict(options, hide=options["hide"] + (str(Path(course).resolve()),))
+    try:
+        results, book = nbg.grade_course(course, assignment, **options)
+    except nbg.CourseError as exc:
+        raise UserError(str(exc)) from None
+    log = Path(course) / "llmstudy-gradebook.log"
+    log.write_text(book["log"], encoding="utf-8")
+    students = len(results["submissions"])
+    console.print(f"gradebook: {students} student(s) of '{assignment}' recorded in {course}/gradebook.db through "
+                  f"nbgrader's autograde pipeline (scores from the sandbox; `nbgrader export` or formgrader show them)")
+    if book["written_directly"]:
+        first = book["written_directly"][0]
+        console.print(f"[yellow]{len(book['written_directly'])} notebook(s) that nbgrader could not process (first: "
+                      f"{first[0]}/{first[1]}) were scored directly in the gradebook; nbgrader's log: {log}[/yellow]")
+    return results
 
 
 if __name__ == "__main__":
