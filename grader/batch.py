@@ -50,13 +50,23 @@ _STATE: _WorkerState | None = None
 
 # --- in a pool worker ---------------------------------------------------------------------------------------------
 def worker_setup(settings: Settings) -> None:
+    """Start this worker's sandbox zygote (it loads torch and the models in the background) and meanwhile
+    import what the hidden graders use, so the first submission doesn't pay for it."""
     global _STATE
+    import importlib
+
+    _STATE = _WorkerState(settings)
+    _sandbox_worker(wait=False)
     import torch
     torch.set_num_threads(1)     # one worker per core; the graders' bit-exact comparisons also want one thread
-    _STATE = _WorkerState(settings)
+    import transformers  # noqa: F401
+
+    from grader import runner  # noqa: F401
+    for ex in graded_exercises():
+        importlib.import_module(f"solutions.{ex.id}")
 
 
-def _sandbox_worker(restart: bool = False):
+def _sandbox_worker(restart: bool = False, wait: bool = True):
     from grader.sandbox import Limits, SandboxWorker
     state = _STATE
     if state.worker is not None and (restart or not state.worker.alive()):
@@ -66,7 +76,7 @@ def _sandbox_worker(restart: bool = False):
         s = state.settings
         limits = Limits(call_timeout=s.timeout, budget=s.budget, cpu_seconds=int(s.budget) + 60)
         state.worker = SandboxWorker(device=s.device, sandboxed=s.sandboxed, limits=limits, preload=s.preload,
-                                     hide=s.hide)
+                                     hide=s.hide, wait=wait)
     return state.worker
 
 

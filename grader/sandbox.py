@@ -263,7 +263,8 @@ class SandboxWorker:
 
     def __init__(self, device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
                  preload: tuple[str, ...] = ("smollm2", "minilm"), hide: tuple[str, ...] = (),
-                 start_timeout: float = 900.0):
+                 start_timeout: float = 900.0, wait: bool = True):
+        """Start the zygote; with wait=False return at once (it loads in the background until first used)."""
         self.device, self.sandboxed, self.limits = device, sandboxed, limits
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._log = tempfile.TemporaryFile()
@@ -274,12 +275,23 @@ class SandboxWorker:
         self._control = ours
         config = {"device": device, "sandboxed": sandboxed, "limits": asdict(limits), "preload": list(preload),
                   "parent": os.getpid(), "views": _mounted_views(device, tuple(hide)) if sandboxed else None}
-        self._request({"op": "config", **config}, timeout=start_timeout)
-        self.info = self._request({"op": "ping"}, timeout=30)
+        socket.send_fds(self._control, [json.dumps({"op": "config", **config}).encode()], [])
+        self._start_timeout = start_timeout
+        self.info: dict | None = None
+        if wait:
+            self.wait_ready()
 
-    def _request(self, message: dict, fds: list[int] = (), timeout: float = 60.0) -> dict:
+    def wait_ready(self) -> dict:
+        """Block until the zygote has loaded everything; its pid, the children's uid and the mode."""
+        if self.info is None:
+            self._request(None, timeout=self._start_timeout)      # the zygote's "ready" (or its error)
+            self.info = self._request({"op": "ping"}, timeout=30)
+        return self.info
+
+    def _request(self, message: dict | None, fds: list[int] = (), timeout: float = 60.0) -> dict:
         try:
-            socket.send_fds(self._control, [json.dumps(message).encode()], list(fds))
+            if message is not None:
+                socket.send_fds(self._control, [json.dumps(message).encode()], list(fds))
             self._control.settimeout(timeout)
             data = self._control.recv(1 << 20)
         except (OSError, socket.timeout) as exc:
@@ -308,6 +320,7 @@ class SandboxWorker:
         return SandboxSubmission(self, exercise, source, filename)
 
     def spawn(self, source: str, filename: str) -> "_Child":
+        self.wait_ready()
         sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         read_end, write_end = os.pipe()
         try:

@@ -1,0 +1,4 @@
+import torch
+
+def positional_encoding(seq_len, d_model, base=10000.0)
+    return torch.zeros(seq_len, d_model)

@@ -1,0 +1,232 @@
+"""The adversarial suite: a class of hostile submissions (tests/adversarial/<case>/) graded in one `llmstudy grade`
+run, each with its expected outcome, next to a correct submission that must still get full marks.
+
+Every case targets exercise 01 (positional_encoding). Placeholders in the fixtures ({{ROOT}}, {{PORT}}, ...) are
+filled in per run, so that an attack aims at this checkout, a port this test listens on, and files it checks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from grader.sandbox import UID_BASE, isolation_problem
+
+HERE = Path(__file__).parent / "adversarial"
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 4.0          # seconds per call: 20x the slowest honest call here (~0.2 s), small enough to keep this quick
+SECRET = "LLMSTUDY_TEST_SECRET"
+
+pytestmark = pytest.mark.skipif(isolation_problem() is not None,
+                                reason=f"sandbox unavailable here: {isolation_problem()}")
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """Materialise the class, grade it once with the CLI, and return what the checks need."""
+    base = tmp_path_factory.mktemp("adversarial")
+    submissions, out = base / "submissions", base / "out"
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0)
+    token = uuid.uuid4().hex
+    marker = base / "marker-created"
+    values = {"{{ROOT}}": str(ROOT), "{{PORT}}": str(listener.getsockname()[1]), "{{TOKEN}}": token,
+              "{{MARKER}}": str(marker), "{{SUBMISSIONS}}": str(submissions), "{{OUT}}": str(out)}
+    for case in sorted(p for p in HERE.iterdir() if p.is_dir()):
+        for src in case.iterdir():
+            text = src.read_text()
+            for key, value in values.items():
+                text = text.replace(key, value)
+            (submissions / case.name).mkdir(parents=True, exist_ok=True)
+            (submissions / case.name / src.name).write_text(text)
+
+    from cli import main
+    os.environ[SECRET] = "the grader's environment must not reach learner code"
+    try:
+        run = CliRunner().invoke(main, ["grade", str(submissions), "--out", str(out / "results.json"),
+                                        "--csv", str(out / "grades.csv"), "--gradescope", str(out / "gradescope"),
+                                        "--feedback", str(out / "feedback"), "--workers", "2", "--device", "cpu",
+                                        "--timeout", str(TIMEOUT)])
+    finally:
+        del os.environ[SECRET]
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
+    try:
+        connection = listener.accept()
+    except BlockingIOError:
+        connection = None
+    listener.close()
+    records = {s["student"]: next(e for e in s["exercises"] if e["exercise"] == "positional_encoding")
+               for s in (results or {"submissions": []})["submissions"]}
+    return {"run": run, "results": results, "records": records, "out": out, "submissions": submissions,
+            "connection": connection, "token": token, "marker": marker}
+
+
+def rec(graded, case: str) -> dict:
+    return graded["records"][case]
+
+
+def full(graded, case: str) -> None:
+    r = rec(graded, case)
+    assert r["status"] == "graded" and r["score"] == r["max_score"] > 0, (case, r["status"], r["message"], r["tests"])
+
+
+def zeros_score(graded) -> float:
+    """The control: a plain wrong answer (a zero table). It passes the shape/dtype checks only."""
+    r = rec(graded, "zeros")
+    assert r["status"] == "graded" and 0 < r["score"] < r["max_score"], r
+    return r["score"]
+
+
+def only_some_fail(graded, case: str, pattern: str) -> list[dict]:
+    """The misbehaving calls cost exactly their own tests: each failed test says why, and the others pass."""
+    r = rec(graded, case)
+    failed = [t for t in r["tests"] if not t["passed"]]
+    assert r["status"] == "graded", (r["status"], r["message"])
+    assert 1 <= len(failed) < len(r["tests"]), r["tests"]
+    for t in failed:
+        assert re.search(pattern, t["message"]), (t["name"], t["message"])
+    return failed
+
+
+def test_the_batch_finished_and_wrote_every_output(graded):
+    run = graded["run"]
+    assert run.exit_code == 0, run.output
+    out = graded["out"]
+    assert len(graded["records"]) == len([p for p in HERE.iterdir() if p.is_dir()])
+    assert (out / "grades.csv").read_text().splitlines()[0].startswith("student,")
+    assert (out / "gradescope" / "correct" / "results.json").exists()
+    assert (out / "feedback" / "correct.html").exists()
+
+
+def test_correct_submission_gets_full_marks(graded):
+    full(graded, "correct")
+
+
+def test_stub_scores_zero(graded):
+    r = rec(graded, "stub")
+    assert r["status"] == "graded" and r["score"] == 0, r
+
+
+def test_infinite_loop_at_import_is_a_timeout(graded):
+    r = rec(graded, "infinite_loop_import")
+    assert r["status"] == "timeout" and "import" in r["message"], r
+
+
+def test_infinite_loop_in_a_function_costs_only_that_test(graded):
+    only_some_fail(graded, "infinite_loop_call", r"did not finish within")
+
+
+def test_memory_bomb_stops_at_the_memory_limit(graded):
+    failed = only_some_fail(graded, "memory_bomb", r"memory bomb stopped at \d+ MB")
+    reached = int(re.search(r"stopped at (\d+) MB", failed[0]["message"]).group(1))
+    assert reached <= 2048, f"the bomb held {reached} MB; the sandbox allows 2048 MB"   # Limits.memory_mb
+
+
+def test_fork_bomb_stops_at_the_process_limit(graded):
+    failed = only_some_fail(graded, "fork_bomb", r"fork bomb stopped after \d+ processes")
+    started = int(re.search(r"after (\d+) processes", failed[0]["message"]).group(1))
+    assert started < 64, f"{started} processes started; the sandbox allows 64 tasks"     # Limits.processes
+
+
+def test_os_exit_costs_only_the_calls_that_exit(graded):
+    only_some_fail(graded, "os_exit", r"process running your code died")
+
+
+def test_sys_exit_at_import_is_an_error(graded):
+    r = rec(graded, "sys_exit_import")
+    assert r["status"] == "error" and "SystemExit" in r["message"], r
+
+
+def test_keyboard_interrupt_costs_only_the_calls_that_raise_it(graded):
+    only_some_fail(graded, "keyboard_interrupt", r"KeyboardInterrupt")
+
+
+def test_monkeypatched_torch_comparisons_gain_nothing(graded):
+    assert rec(graded, "monkeypatch_torch")["score"] == zeros_score(graded)
+
+
+@pytest.mark.parametrize("case", ["always_equal", "tensor_subclass"])
+def test_values_that_claim_equality_score_zero(graded, case):
+    r = rec(graded, case)
+    assert r["status"] == "graded" and r["score"] == 0, r
+    assert any("AlwaysEqual" in t["message"] or "tensor subclass" in t["message"] for t in r["tests"]), r["tests"]
+
+
+@pytest.mark.parametrize("case", ["read_solutions", "import_solutions", "read_other_student", "env_secrets"])
+def test_secrets_are_out_of_reach(graded, case):
+    """Each of these would score full marks if it could read what it looks for."""
+    assert rec(graded, case)["score"] == zeros_score(graded)
+
+
+def test_no_network_connection_arrives(graded):
+    full(graded, "socket_connect")
+    assert graded["connection"] is None, "a submission connected to the test's port"
+
+
+def test_background_processes_are_gone_after_grading(graded):
+    full(graded, "background_process")      # it returned only after starting them
+    token = graded["token"].encode()
+    survivors = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if token in (proc / "cmdline").read_bytes():
+                    survivors.append(proc.name)
+            except OSError:
+                pass
+    assert not survivors, f"processes left running: {survivors}"
+
+
+def test_no_sandbox_process_outlives_the_batch(graded):
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if proc.stat().st_uid >= UID_BASE:
+                    left.append(proc.name)
+            except OSError:
+                pass
+    assert not left, f"processes of a sandbox uid still running: {left}"
+
+
+def test_megabytes_of_output_change_nothing(graded):
+    full(graded, "big_output")
+
+
+def test_pickle_payload_never_runs_and_scores_zero(graded):
+    r = rec(graded, "pickle_payload")
+    assert r["status"] == "graded" and r["score"] == 0, r
+    assert not graded["marker"].exists(), "something unpickled the learner's payload"
+
+
+def test_corrupt_notebook_is_an_error(graded):
+    r = rec(graded, "corrupt_notebook")
+    assert r["status"] == "error" and "not a readable notebook" in r["message"], r
+
+
+def test_shell_escapes_never_run(graded):
+    full(graded, "shell_escape")
+    assert not graded["marker"].exists()
+
+
+def test_syntax_error_is_an_error_with_its_line(graded):
+    r = rec(graded, "syntax_error")
+    assert r["status"] == "error" and "syntax error" in r["message"] and "line 3" in r["message"], r
+
+
+def test_exception_at_import_is_an_error(graded):
+    r = rec(graded, "import_exception")
+    assert r["status"] == "error" and "ZeroDivisionError" in r["message"], r
+
+
+def test_files_written_by_learner_code_land_nowhere(graded):
+    full(graded, "write_outside")
+    planted = [graded["out"] / "planted.txt", graded["submissions"] / "correct" / "planted.txt",
+               ROOT / "grader" / "planted.txt", graded["marker"]]
+    assert not [p for p in planted if p.exists()]
