@@ -116,3 +116,45 @@ def multi_head_attention_with_linears(sub, query, key, value, num_heads: int, we
     with torch.no_grad():
         return sub.multi_head_attention(query, key, value, num_heads, projections["q"], projections["k"],
                                         projections["v"], projections["out"], mask)
+
+
+# --- generation / prompting ---
+# Exercise 04 runs the learner's loop with a real model; exercise 05 gives fit_few_shot_prompt a real tokenizer.
+
+def generate_with_model(sub, model, input_ids, max_new_tokens, **kwargs):
+    """The learner's generate(model, input_ids, max_new_tokens, **kwargs), with `model` passed by name.
+
+    Runs on one thread (bit-stable logits, so that greedy tokens compare exactly with transformers' generate()), under
+    no_grad, and with model.generate() refused: the exercise is to write the loop, not to call the library's."""
+    import torch
+
+    def refuse(*args, **kw):
+        raise RuntimeError("model.generate() was called; write the loop yourself with model(ids).logits")
+
+    if "generate" in vars(model):
+        raise RuntimeError("model.generate is already replaced; is another check still running?")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model.generate = refuse
+    try:
+        with torch.no_grad():
+            return sub.generate(model, input_ids, max_new_tokens, **kwargs)
+    finally:
+        del model.generate                      # back to the class's generate()
+        torch.set_num_threads(threads)
+
+
+def fit_few_shot_with_tokenizer(sub, tokenizer_name: str, *args, **kwargs) -> dict:
+    """The learner's fit_few_shot_prompt(examples, dialogue, tokenizer, ...) with a real tokenizer, which can't
+    cross by value: it is loaded here by name ("smollm2", "minilm") and inserted as the third argument.
+
+    Returns {"returned": what the learner returned} or {"raised": [exception class names, MRO], "message": str}."""
+    from llmstudy import models
+
+    tokenizer = models.load(tokenizer_name, "cpu")[1]
+    examples, dialogue, *rest = args
+    try:
+        return {"returned": sub.fit_few_shot_prompt(examples, dialogue, tokenizer, *rest, **kwargs)}
+    except Exception as exc:  # noqa: BLE001 - the grader decides whether this exception was the right answer
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return {"raised": [cls.__name__ for cls in type(exc).__mro__], "message": text}
