@@ -1,0 +1,217 @@
+"""What learner code can and cannot do inside grader.sandbox, observed from inside the child.
+
+A small worker without models (fast start) runs probe functions as if they were a learner's; each probe reports
+what it saw, and the test checks it against what the sandbox promises (see grader/sandbox.py's docstring).
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from grader import batch
+from grader.sandbox import UID_BASE, Limits, SandboxUnavailable, SandboxWorker, isolation_problem
+from grader.submission import LearnerError, SubmissionTimeout
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "LLMSTUDY_TEST_SECRET"
+needs_isolation = pytest.mark.skipif(isolation_problem() is not None,
+                                     reason=f"sandbox unavailable here: {isolation_problem()}")
+
+PROBES = textwrap.dedent('''
+    import os
+    import resource
+    import socket
+    import time
+
+    calls = []
+
+
+    def identity():
+        return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
+                "pid": os.getpid(), "cwd": os.getcwd()}
+
+
+    def exists(paths):
+        return [os.path.exists(p) for p in paths]
+
+
+    def listdir(path):
+        try:
+            return sorted(os.listdir(path))
+        except OSError as exc:
+            return str(exc)
+
+
+    def connect(host, port):
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return "connected"
+        except OSError as exc:
+            return type(exc).__name__
+
+
+    def interfaces():
+        return sorted(name for _, name in socket.if_nameindex())
+
+
+    def environment():
+        return dict(os.environ)
+
+
+    def limits():
+        names = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE"]
+        return {n: resource.getrlimit(getattr(resource, n))[1] for n in names}
+
+
+    def status_field(name):
+        with open("/proc/self/status") as f:
+            return next(line.split()[1] for line in f if line.startswith(name + ":"))
+
+
+    def count():
+        calls.append(1)
+        return len(calls)
+
+
+    def hang():
+        while True:
+            pass
+
+
+    def write_garbage():
+        os.write(3, b"\\xff" * 64)     # fd 3 is the channel to the grader
+        time.sleep(30)
+
+
+    def spawn_sleeper(marker):
+        import subprocess
+        subprocess.Popen(["/bin/sh", "-c", "sleep 600", marker])
+        return True
+''')
+
+
+@pytest.fixture(scope="module")
+def worker():
+    os.environ[SECRET] = "must not reach learner code"
+    try:
+        w = SandboxWorker(preload=(), limits=Limits(call_timeout=3, budget=60), hide=(str(ROOT / "tests"),))
+    finally:
+        del os.environ[SECRET]
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def sub(worker):
+    with worker.open("positional_encoding", PROBES, "probes.py") as s:
+        yield s
+
+
+@needs_isolation
+def test_child_runs_as_an_unprivileged_uid_with_no_groups(sub):
+    who = sub.identity()
+    assert who["uid"] == who["euid"] == who["gid"] >= UID_BASE
+    assert who["groups"] == []
+    assert who["pid"] == 1, "the child should be PID 1 of its own PID namespace"
+    assert who["cwd"] == "/tmp"
+
+
+@needs_isolation
+def test_child_cannot_see_solutions_graders_git_or_tests(sub):
+    paths = [ROOT / "solutions", ROOT / "grader", ROOT / ".git", ROOT / "tests", ROOT / "solutions" / "__init__.py"]
+    assert sub.exists([str(p) for p in paths]) == [False] * len(paths)
+    visible = sub.listdir(str(ROOT))
+    assert "solutions" not in visible and "grader" not in visible, visible
+
+
+@needs_isolation
+def test_child_has_no_network(sub):
+    assert sub.interfaces() == ["lo"]
+    assert sub.connect("127.0.0.1", 22) in ("OSError", "ConnectionRefusedError")
+
+
+@needs_isolation
+def test_child_sees_only_its_own_processes(sub):
+    pids = [int(p) for p in sub.listdir("/proc") if p.isdigit()]
+    assert pids == [1], pids
+
+
+@needs_isolation
+def test_child_environment_holds_no_instructor_variables(sub):
+    env = sub.environment()
+    assert SECRET not in env
+    assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                        "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS"}, env
+
+
+@needs_isolation
+def test_child_has_limits_and_no_new_privileges(sub, worker):
+    got = sub.limits()
+    assert got["RLIMIT_NPROC"] == worker.limits.processes
+    assert got["RLIMIT_FSIZE"] == worker.limits.file_mb << 20
+    assert got["RLIMIT_CORE"] == 0
+    assert 0 < got["RLIMIT_AS"] < 1 << 46, "address space must be capped"
+    assert sub.status_field("NoNewPrivs") == "1"
+
+
+def test_a_timeout_costs_one_call_and_the_next_call_gets_a_fresh_child(sub):
+    assert sub.count() == 1
+    assert sub.count() == 2                       # same child: state persists between calls
+    start = time.monotonic()
+    with pytest.raises(SubmissionTimeout, match="did not finish within 3 s"):
+        sub.hang()
+    assert time.monotonic() - start < 10
+    assert sub.count() == 1                       # a fresh child, re-imported
+    assert sub.timeouts == 1
+
+
+def test_garbage_on_the_channel_is_the_learners_failure(sub):
+    with pytest.raises(LearnerError, match="died"):
+        sub.write_garbage()
+    assert sub.count() == 1
+
+
+def test_unsandboxed_mode_still_runs_learner_code_in_a_separate_killed_process(tmp_path):
+    marker = f"llmstudy-unsandboxed-{os.getpid()}-{time.time_ns()}"
+    with SandboxWorker(sandboxed=False, preload=(), limits=Limits(call_timeout=3)) as w:
+        with w.open("positional_encoding", PROBES, "probes.py") as s:
+            assert s.identity()["pid"] != os.getpid()
+            assert s.spawn_sleeper(marker)
+            with pytest.raises(SubmissionTimeout):
+                s.hang()
+        time.sleep(0.2)
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, marker)]
+    assert not left, "the process group was not killed"
+
+
+def _cmdline_has(proc: Path, text: str) -> bool:
+    try:
+        return text.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_grading_refuses_without_isolation_unless_allowed(monkeypatch):
+    import grader.sandbox
+    monkeypatch.setattr(grader.sandbox, "isolation_problem", lambda: "no namespaces in this test")
+    with pytest.raises(SandboxUnavailable, match="no namespaces in this test.*--allow-unsandboxed"):
+        batch.sandbox_mode(allow_unsandboxed=False)
+    warnings = []
+    assert batch.sandbox_mode(allow_unsandboxed=True, warn=warnings.append) is False
+    assert "WITHOUT isolation" in warnings[0]
+
+
+def test_cli_refusal_is_one_line(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import grader.sandbox
+    from cli import main
+    monkeypatch.setattr(grader.sandbox, "isolation_problem", lambda: "no namespaces in this test")
+    (tmp_path / "subs" / "ana").mkdir(parents=True)
+    run = CliRunner().invoke(main, ["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "r.json")])
+    assert run.exit_code == 1
+    assert "no namespaces in this test" in run.output and "Traceback" not in run.output
