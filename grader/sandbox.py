@@ -197,7 +197,21 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
 
 def recv_frame(sock: socket.socket, deadline: float | None = None, max_blob: int = MAX_BLOB) -> tuple[dict, bytes]:
     """One frame; TimeoutError past the deadline, EOFError if the peer is gone, ProtocolError on anything malformed."""
-    n_json, n_blob = HEADER.unpack(_recv_exact(sock, HEADER.size, deadline))
+    return _recv_rest(sock, _recv_exact(sock, HEADER.size, deadline), deadline, max_blob)
+
+
+def _recv_frame_with_fds(sock: socket.socket) -> tuple[dict, bytes, list[int]]:
+    """The child's receive: a frame plus any file descriptors sent with it (shared-memory arguments)."""
+    first, fds, _, _ = socket.recv_fds(sock, HEADER.size, 16)
+    if not first:
+        raise EOFError
+    head = first + _recv_exact(sock, HEADER.size - len(first), None)
+    header, blob = _recv_rest(sock, head, None, MAX_BLOB)
+    return header, blob, fds
+
+
+def _recv_rest(sock: socket.socket, head: bytes, deadline: float | None, max_blob: int) -> tuple[dict, bytes]:
+    n_json, n_blob = HEADER.unpack(head)
     if n_json > MAX_JSON or n_blob > max_blob:
         raise ProtocolError(f"a message of {n_json + n_blob} bytes is over the limit of {max_blob} bytes")
     raw = _recv_exact(sock, n_json, deadline)
@@ -406,16 +420,47 @@ class SandboxSubmission(Submission):
         return self._call(fn, args, kwargs, harness=False)
 
     def harness(self, name: str, *args, **kwargs) -> Any:
+        if name == "modified_inputs" and hasattr(os, "memfd_create"):
+            return self._call(name, args, kwargs, harness=True, watch=True)
         return self._call(name, args, kwargs, harness=True)
 
-    def _call(self, fn: str, args, kwargs, harness: bool) -> Any:
+    def _call(self, fn: str, args, kwargs, harness: bool, watch: bool = False) -> Any:
         try:
+            if watch:
+                return self._modified_inputs(args[0], args[1:], kwargs)
             return self._call_once(fn, args, kwargs, harness)
         except SandboxBroken as exc:
             self.broken = str(exc)
             raise
 
-    def _call_once(self, fn: str, args, kwargs, harness: bool) -> Any:
+    def _modified_inputs(self, fn: str, args, kwargs) -> list[str]:
+        """grader.harness.modified_inputs, observed from this side: a verdict computed in the child could be forged
+        (e.g. by patching torch.equal there), so the tensor arguments live in shared memory that the learner's
+        function gets as its inputs, and this process compares them afterwards."""
+        import torch
+        named = {f"argument {i + 1}": a for i, a in enumerate(args)} | dict(kwargs)
+        watched = {name: t.detach().cpu().contiguous() for name, t in named.items()
+                   if type(t) in (torch.Tensor, torch.nn.Parameter) and t.numel() > 0}
+        fds = []
+        try:
+            for t in watched.values():
+                fd = os.memfd_create("llmstudy-argument")
+                os.write(fd, t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                fds.append(fd)
+            self._call_once(fn, args, kwargs, harness=False, shared=list(watched), fds=fds)
+            changed = []
+            for (name, before), fd in zip(watched.items(), fds):
+                raw = bytearray(os.pread(fd, before.numel() * before.element_size(), 0))
+                after = torch.frombuffer(raw, dtype=torch.uint8).view(before.dtype).reshape(before.shape)
+                if not torch.equal(after.isnan(), before.isnan()) or \
+                        not torch.equal(after.nan_to_num(), before.nan_to_num()):
+                    changed.append(name)
+            return changed
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _call_once(self, fn: str, args, kwargs, harness: bool, shared: list[str] = (), fds: list[int] = ()) -> Any:
         blob = codec.encode((list(args), kwargs))
         where = f"checking your code with {fn}" if harness else f"{fn}()"
         if self.budget_left <= 0:
@@ -423,7 +468,14 @@ class SandboxSubmission(Submission):
         if self._child is None:
             self._start()
         self._seq += 1
-        send_frame(self._child.sock, {"op": "call", "fn": fn, "harness": harness, "seq": self._seq}, blob)
+        header = {"op": "call", "fn": fn, "harness": harness, "seq": self._seq, "shared": list(shared)}
+        if fds:
+            data = json.dumps(header).encode()
+            frame = HEADER.pack(len(data), len(blob)) + data + blob
+            sent = socket.send_fds(self._child.sock, [frame], list(fds))
+            self._child.sock.sendall(frame[sent:])
+        else:
+            send_frame(self._child.sock, header, blob)
         out = self._exchange(where, self._seq)
         try:
             return codec.decode(out)
@@ -706,7 +758,7 @@ def _serve(sock: socket.socket, device: str) -> None:
     namespace: dict = {"__name__": "submission"}
     while True:
         try:
-            request, blob = recv_frame(sock)
+            request, blob, fds = _recv_frame_with_fds(sock)
         except (EOFError, OSError, ProtocolError):
             return
         seq = request.get("seq")
@@ -720,7 +772,10 @@ def _serve(sock: socket.socket, device: str) -> None:
             else:
                 fn, harness = request["fn"], request["harness"]
                 try:
-                    out = run_call(namespace, fn, blob, device, harness)
+                    if request.get("shared"):
+                        out = _call_on_shared(namespace, fn, blob, request["shared"], fds)
+                    else:
+                        out = run_call(namespace, fn, blob, device, harness)
                 except LearnerError:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, GeneratorExit
@@ -735,6 +790,33 @@ def _serve(sock: socket.socket, device: str) -> None:
             send_frame(sock, reply, out)
         except OSError:
             return
+
+
+def _call_on_shared(namespace: dict, fn: str, blob: bytes, shared: list[str], fds: list[int]) -> bytes:
+    """Call the learner's fn with the named tensor arguments backed by the grader's shared memory; return nothing
+    (only what the call does to its inputs matters, and the grader reads that from its side)."""
+    import mmap
+
+    import torch
+    args, kwargs = codec.decode(blob, resolve_model=lambda name: __import__("llmstudy.models").models.load(name, "cpu")[0])
+    args = list(args)
+    for name, fd in zip(shared, fds):
+        original = args[int(name.split()[1]) - 1] if name.startswith("argument ") else kwargs[name]
+        memory = mmap.mmap(fd, original.numel() * original.element_size())
+        os.close(fd)
+        view = torch.frombuffer(memory, dtype=torch.uint8).view(original.dtype).reshape(original.shape)
+        if name.startswith("argument "):
+            args[int(name.split()[1]) - 1] = view
+        else:
+            kwargs[name] = view
+    target = namespace.get(fn)
+    if not callable(target):
+        raise LearnerError(f"no function named {fn}() was found; define it with exactly this name")
+    try:
+        target(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any learner failure becomes a message
+        raise LearnerError(describe_exception(f"{fn}()", exc)) from None
+    return codec.encode(None)
 
 
 if __name__ == "__main__":

@@ -230,3 +230,12 @@ def test_files_written_by_learner_code_land_nowhere(graded):
     planted = [graded["out"] / "planted.txt", graded["submissions"] / "correct" / "planted.txt",
                ROOT / "grader" / "planted.txt", graded["marker"]]
     assert not [p for p in planted if p.exists()]
+
+
+def test_an_in_place_change_is_seen_even_when_the_check_is_forged(graded):
+    """modified_inputs is observed from the grader's side (shared memory), so patching torch or grader.harness in the
+    learner's process can't hide that apply_temperature divides the caller's logits in place."""
+    r = next(e for s in graded["results"]["submissions"] if s["student"] == "forged_inplace"
+             for e in s["exercises"] if e["exercise"] == "sampling")
+    test = next(t for t in r["tests"] if t["name"] == "test_no_function_modifies_its_input")
+    assert not test["passed"] and "apply_temperature() changed its logits in place" in test["message"], test
