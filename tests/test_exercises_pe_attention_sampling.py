@@ -84,6 +84,8 @@ def test_mutant_loses_points(exercise, name, namespace):
     assert result.score < result.max_score, f"mutant {name} scored full marks"
     failed = [t for t in result.tests if not t.passed]
     assert all(t.message.strip() for t in failed), "every failed test must tell the learner why"
+    # Inside this pytest session the graders' asserts would be rewritten (showing source) unless they opt out.
+    assert not any("+  where" in t.message or "\nassert " in t.message for t in failed), failures(result)
 
 
 @pytest.mark.parametrize("exercise, name, namespace", params(ALTERNATIVES))

@@ -3,6 +3,9 @@
 Oracles: torch.softmax, torch.nn.functional.scaled_dot_product_attention, torch.nn.MultiheadAttention, and a real
 model: the learner's multi_head_attention replaces the self-attention of every all-MiniLM-L6-v2 layer (see
 grader.harness.bert_self_attention_replaced) and the sentence embeddings must match the unmodified model's.
+
+PYTEST_DONT_REWRITE: a learner sees only the assert messages, even when grade() runs inside another pytest
+session (whose assertion rewriting would otherwise add source expressions and object addresses).
 """
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Oracles: a float64 evaluation of the formula in Vaswani et al. §3.5, transformers' DistilBERT
 create_sinusoidal_embeddings (interleaved sin/cos, the same formula with base 10000), and solutions/.
+
+PYTEST_DONT_REWRITE: a learner sees only the assert messages, even when grade() runs inside another pytest
+session (whose assertion rewriting would otherwise add source expressions and object addresses).
 """
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ filtered softmax. Seeds are fixed, so each verdict is deterministic.
 
 Test logits keep a margin from ties (except the deliberate tie test) and from the top-p boundaries, so that any
 correct float32 or float64 implementation agrees on which tokens are kept.
+
+PYTEST_DONT_REWRITE: a learner sees only the assert messages, even when grade() runs inside another pytest
+session (whose assertion rewriting would otherwise add source expressions and object addresses).
 """
 from __future__ import annotations
 
