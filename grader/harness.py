@@ -13,11 +13,13 @@ import contextlib  # noqa: E402 - kept in this section so that sections stay ind
 
 def exception_raised(sub, fn: str, *args, **kwargs) -> list[str] | None:
     """Call the learner's `fn`; None if it returns, else the names of the raised exception's classes (its MRO),
-    so that a grader can check e.g. `"ValueError" in raised` (a subclass of ValueError counts)."""
+    so that a grader can check e.g. `"ValueError" in raised` (a subclass of ValueError counts). Built-in classes
+    appear by bare name, others with their module ("submission.ValueError"), so a look-alike class doesn't count."""
     try:
         getattr(sub, fn)(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any exception is an answer here
-        return [cls.__name__ for cls in type(exc).__mro__]
+        return [cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+                for cls in type(exc).__mro__]
     return None
 
 
