@@ -667,7 +667,7 @@ def _child_main(config: dict, stage: str, sock_fd: int, out_fd: int) -> None:
             os.chdir("/tmp")
         else:
             os.chdir(tempfile.mkdtemp(prefix="llmstudy-child-"))
-        _restrict(limits, config["uid"] if os.geteuid() == 0 else None)
+        _restrict(limits, config["uid"] if os.geteuid() == 0 else None, gpu=config["device"].startswith("cuda"))
         if sys.platform.startswith("linux"):
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)   # the zygote died: so does this child's whole namespace
     except OSError as exc:
@@ -703,8 +703,11 @@ def _enter_sandbox(views: dict, stage: str, limits: Limits) -> None:
     os.makedirs(inside("/dev"))
     _mount("tmpfs", inside("/dev"), "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
     for dev in views["devices"]:
-        open(inside(dev), "w").close()
-        _mount(dev, inside(dev), None, MS_BIND)
+        if os.path.isdir(dev):
+            os.makedirs(inside(dev), exist_ok=True)
+        else:
+            open(inside(dev), "w").close()
+        _mount(dev, inside(dev), None, MS_BIND | MS_REC)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, inside(f"/dev/{name}"))
@@ -719,7 +722,7 @@ def _enter_sandbox(views: dict, stage: str, limits: Limits) -> None:
     socket.sethostname("sandbox")
 
 
-def _restrict(limits: Limits, uid: int | None) -> None:
+def _restrict(limits: Limits, uid: int | None, gpu: bool = False) -> None:
     import resource
 
     def vm_size() -> int:
@@ -735,7 +738,7 @@ def _restrict(limits: Limits, uid: int | None) -> None:
             (resource.RLIMIT_CORE, 0, 0)]
     if hasattr(resource, "RLIMIT_NPROC"):
         caps.append((resource.RLIMIT_NPROC, limits.processes, limits.processes))
-    if sys.platform.startswith("linux"):    # macOS does not enforce RLIMIT_AS
+    if sys.platform.startswith("linux") and not gpu:   # macOS ignores RLIMIT_AS; CUDA reserves huge address ranges
         memory = vm_size() + (limits.memory_mb << 20)
         caps.append((resource.RLIMIT_AS, memory, memory))
     for which, soft, hard in caps:
