@@ -43,9 +43,12 @@ def read(path):
     return nbformat.read(path, as_version=4)
 
 
-def body_after_docstring(fn: ast.FunctionDef) -> str:
-    body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) else fn.body
-    return ast.dump(ast.Module(body=body, type_ignores=[]))
+def body_after_docstring(fn: ast.FunctionDef) -> list[ast.stmt]:
+    return fn.body[1:] if isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) else fn.body
+
+
+def dump(statements: list[ast.stmt]) -> str:
+    return ast.dump(ast.Module(body=statements, type_ignores=[]))
 
 
 def functions_in(source: str) -> dict[str, ast.FunctionDef]:
@@ -115,8 +118,12 @@ def test_source_notebook_is_valid_nbgrader_with_the_reference_in_solution_cells(
         assert nbg.BEGIN_SOLUTION in cell.source and nbg.END_SOLUTION in cell.source
         found.update(functions_in(cell.source))  # the markers are comments: the cell parses as is
     for name in exercise.functions:
-        assert body_after_docstring(found[name]) == body_after_docstring(reference[name]), \
+        # the reference body, preceded only by what it needs from the solution module (imports, helpers, constants)
+        got, want = body_after_docstring(found[name]), body_after_docstring(reference[name])
+        assert dump(got[len(got) - len(want):]) == dump(want), \
             f"{name}: the solution cell's body is not solutions/{exercise.id}.py's"
+        support = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.Assign, ast.AnnAssign)
+        assert all(isinstance(n, support) for n in got[:len(got) - len(want)])
     [graded] = cells(nb, "grade")
     assert graded.metadata.nbgrader.locked and graded.metadata.nbgrader.points == nbg.max_points(exercise)
     assert f"autograde_score({exercise.id!r}" in graded.source.split(nbg.BEGIN_HIDDEN)[1]

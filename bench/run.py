@@ -1,0 +1,191 @@
+"""Benchmark: seconds per submission, `llmstudy grade` against plain `nbgrader autograde`, on the same notebooks.
+
+    .venv/bin/python bench/run.py --students 8 [--workers N] [--nbgrader-students K] [--keep DIR]
+
+1. `llmstudy nbgrader init` builds the course, `nbgrader generate_assignment` the student release;
+2. bench/generate_class.py writes a deterministic class (correct / buggy / stub notebooks);
+3. timed, each as the instructor would type it, wall clock from start to exit:
+   a. `llmstudy grade CLASS`                          (sandboxed, --workers in parallel)
+   b. `llmstudy grade --nbgrader COURSE`              (the same, plus writing nbgrader's gradebook)
+   c. `nbgrader autograde week1` on a copy of COURSE  (one kernel per notebook, one notebook at a time)
+4. checks that (b) and (c) give every student the same score (they run the same hidden tests), and writes
+   bench/results/<date>-<host>.json and .md.
+
+A submission is one student's assignment: one notebook per exercise. --nbgrader-students K times nbgrader on the
+first K students only (its cost per notebook doesn't depend on the class size: every notebook gets a fresh kernel).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from generate_class import generate_class  # noqa: E402
+
+from grader import nbgrader as nbg  # noqa: E402
+from llmstudy.exercises import EXERCISES  # noqa: E402
+
+ASSIGNMENT = "week1"
+
+
+def run(cmd: list[str], cwd: Path | None = None, log: Path | None = None) -> float:
+    """Run cmd to completion; seconds of wall clock. Output goes to `log`; a failure stops the benchmark."""
+    env = dict(nbg.nbgrader_env(), HF_HUB_OFFLINE="1")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if log is not None:
+        log.write_text(f"$ {' '.join(map(str, cmd))}\n{proc.stdout}\n{proc.stderr}", encoding="utf-8")
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    if os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as f:
+            memory = f"{int(f.readline().split()[1]) / 2**20:.1f} GiB"
+    import nbgrader
+    return {"host": socket.gethostname(), "os": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory": memory, "python": platform.python_version(), "torch": torch.__version__,
+            "nbgrader": nbgrader.__version__, "cuda": torch.cuda.is_available()}
+
+
+def exported_scores(course: Path) -> dict[str, float]:
+    proc = nbg.run_nbgrader(course, "export", "--to", "grades.csv")
+    if proc.returncode != 0:
+        raise SystemExit(f"nbgrader export failed in {course}:\n{proc.stderr[-3000:]}")
+    with open(course / "grades.csv", newline="") as f:
+        return {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--students", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--nbgrader-students", type=int, default=None, help="time nbgrader on the first K only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", default=None, help="work in DIR and keep it (default: a temporary folder)")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--allow-unsandboxed", action="store_true", help="pass through to llmstudy grade")
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)   # progress lines show up even when redirected to a file
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="llmstudy-bench-"))
+    if work.exists() and any(work.iterdir()):
+        raise SystemExit(f"{work} is not empty")
+    work.mkdir(parents=True, exist_ok=True)
+    llmstudy = str(Path(sys.executable).parent / "llmstudy")
+    course, plain, klass = work / "course", work / "nbgrader-plain", work / "class"
+    extra = ["--allow-unsandboxed"] if args.allow_unsandboxed else []
+
+    exercises = [e for e in EXERCISES if e.notebook_path.exists() and e.solution_path.exists()
+                 and e.grader_path.exists()]
+    print(f"work folder: {work}\nexercises: {', '.join(e.id for e in exercises)}")
+    run([llmstudy, "nbgrader", "init", str(course), "--assignment", ASSIGNMENT, "--course-id", "bench",
+         *[a for e in exercises for a in ("--exercise", e.id)]])
+    run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT], cwd=course)
+    manifest = generate_class(course, args.students, ASSIGNMENT, plain=klass, seed=args.seed)
+    shutil.copytree(course, plain)
+    k = args.nbgrader_students or args.students
+    for student in sorted(manifest)[k:]:
+        shutil.rmtree(plain / "submitted" / student)
+    mix: dict[str, int] = {}
+    for per_student in manifest.values():
+        for entry in per_student.values():
+            mix[entry["variant"]] = mix.get(entry["variant"], 0) + 1
+    print(f"class: {args.students} students x {len(exercises)} notebooks ({mix})")
+
+    timings = {}
+    load_before = os.getloadavg()
+    print(f"a. llmstudy grade ({args.workers} workers) ...")
+    timings["llmstudy grade"] = run(
+        [llmstudy, "grade", str(klass), "--out", str(work / "llmstudy.json"), "--workers", str(args.workers),
+         "--device", "cpu", *extra], log=work / "llmstudy.log")
+    print(f"b. llmstudy grade --nbgrader ({args.workers} workers) ...")
+    timings["llmstudy grade --nbgrader"] = run(
+        [llmstudy, "grade", "--nbgrader", str(course), "--assignment", ASSIGNMENT, "--out",
+         str(work / "llmstudy-nbgrader.json"), "--workers", str(args.workers), "--device", "cpu", *extra],
+        log=work / "llmstudy-nbgrader.log")
+    print(f"c. nbgrader autograde ({k} students, sequential) ...")
+    timings["nbgrader autograde"] = run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT, "--force"],
+                                        cwd=plain, log=work / "nbgrader.log")
+
+    ours, theirs = exported_scores(course), exported_scores(plain)
+    disagree = {s: (ours[s], theirs[s]) for s in theirs if abs(ours[s] - theirs[s]) > 1e-6}
+    submissions = {"llmstudy grade": args.students, "llmstudy grade --nbgrader": args.students,
+                   "nbgrader autograde": k}
+    per_submission = {name: timings[name] / submissions[name] for name in timings}
+    baseline = per_submission["nbgrader autograde"]
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(), "workers": args.workers, "students": args.students, "seed": args.seed,
+        "exercises": [e.id for e in exercises], "variants": mix,
+        "runs": {name: {"submissions": submissions[name], "notebooks": submissions[name] * len(exercises),
+                        "seconds": round(timings[name], 2),
+                        "seconds_per_submission": round(per_submission[name], 3),
+                        "seconds_per_notebook": round(per_submission[name] / len(exercises), 3),
+                        "speedup_vs_nbgrader": round(baseline / per_submission[name], 1)}
+                 for name in timings},
+        "scores_agree": {"students_compared": len(theirs), "disagreements": disagree},
+        # other work on the machine slows every run; a load well above the core count makes the figures noisy
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M}-{result['machine']['host']}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    print(f"wrote {out / stem}.json and .md; work folder {work}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"# Grading benchmark, {r['date']}", "",
+             f"{m['cpu']}, {m['cores']} cores, {m['memory']}, {m['os']}; Python {m['python']}, torch {m['torch']}, "
+             f"nbgrader {m['nbgrader']}, CUDA {'yes' if m['cuda'] else 'no'}.",
+             f"Class: {r['students']} students x {len(r['exercises'])} notebooks ({', '.join(r['exercises'])}); "
+             f"variants {r['variants']}; seed {r['seed']}. llmstudy ran {r['workers']} workers; nbgrader runs one "
+             f"notebook at a time. Load average (1 min) {r['load_average_1min']['before']} before, "
+             f"{r['load_average_1min']['after']} after.", "",
+             "| command | submissions | wall s | s / submission | s / notebook | vs nbgrader |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, run_ in r["runs"].items():
+        lines.append(f"| `{name}` | {run_['submissions']} | {run_['seconds']:.1f} | "
+                     f"{run_['seconds_per_submission']:.2f} | {run_['seconds_per_notebook']:.2f} | "
+                     f"{run_['speedup_vs_nbgrader']:.1f}x |")
+    agree = r["scores_agree"]
+    lines += ["", f"Scores: `llmstudy grade --nbgrader` and `nbgrader autograde` agree for "
+                  f"{agree['students_compared'] - len(agree['disagreements'])}/{agree['students_compared']} students"
+                  + (f"; differ: {agree['disagreements']}" if agree["disagreements"] else "") + ".", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
