@@ -88,6 +88,8 @@ def _record(task: Task, status: str, message: str, score: float = 0.0, tests: li
 def read_source(path: Path) -> str:
     """What will run from a submitted file (grader.extract), or SubmissionError with a message for the learner."""
     from grader.extract import SubmissionError, extract
+    if path.is_symlink() or path.parent.is_symlink():
+        raise SubmissionError(f"{path.name} is a symbolic link (or in a linked folder); submit the file itself")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise SubmissionError(f"{path.name} is {size >> 20} MB; clear the notebook's outputs and submit again")
@@ -247,7 +249,7 @@ def grade_entries(entries: list[tuple[str, str, Path | None]], workers: int | No
     sandboxed = sandbox_mode(allow_unsandboxed, warn)
     device = resolve_device(device)
     max_scores = {ex_id: exercise_max_score(ex_id) for ex_id in dict.fromkeys(e[1] for e in entries)}
-    tasks = [Task(i, student, ex_id, str(Path(f).resolve()) if f is not None else None, max_scores[ex_id])
+    tasks = [Task(i, student, ex_id, os.path.abspath(f) if f is not None else None, max_scores[ex_id])
              for i, (student, ex_id, f) in enumerate(entries)]
     hidden = set(hide) | {str(Path(t.file).parent) for t in tasks if t.file}
     settings = Settings(device=device, sandboxed=sandboxed, timeout=timeout, budget=budget or 10 * timeout,

@@ -45,6 +45,10 @@ def graded(tmp_path_factory):
                 text = text.replace(key, value)
             (submissions / case.name).mkdir(parents=True, exist_ok=True)
             (submissions / case.name / src.name).write_text(text)
+    (submissions / "symlink_to_solutions").mkdir()     # an archive can carry links; this one aims at the reference
+    (submissions / "symlink_to_solutions" / "01_positional_encoding.py").symlink_to(
+        ROOT / "solutions" / "positional_encoding.py")
+    (submissions / "linked_folder").symlink_to(submissions / "correct", target_is_directory=True)
 
     from cli import main
     os.environ[SECRET] = "the grader's environment must not reach learner code"
@@ -98,7 +102,7 @@ def test_the_batch_finished_and_wrote_every_output(graded):
     run = graded["run"]
     assert run.exit_code == 0, run.output
     out = graded["out"]
-    assert len(graded["records"]) == len([p for p in HERE.iterdir() if p.is_dir()])
+    assert len(graded["records"]) == len([p for p in HERE.iterdir() if p.is_dir()]) + 2   # + the two link cases
     assert (out / "grades.csv").read_text().splitlines()[0].startswith("student,")
     assert (out / "gradescope" / "correct" / "results.json").exists()
     assert (out / "feedback" / "correct.html").exists()
@@ -183,16 +187,26 @@ def test_background_processes_are_gone_after_grading(graded):
     assert not survivors, f"processes left running: {survivors}"
 
 
-def test_no_sandbox_process_outlives_the_batch(graded):
-    left = []
+def test_no_sandbox_process_outlives_its_zygote(graded):
+    """Every sandbox uid is UID_BASE + its zygote's pid; a process of that uid whose zygote is gone has leaked.
+    (Checked machine-wide, so other batches running meanwhile don't matter: their zygotes are alive.)"""
+    leaked = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if proc.stat().st_uid >= UID_BASE:
-                    left.append(proc.name)
+                uid = proc.stat().st_uid
+                if uid >= UID_BASE and not _cmdline_has(Path(f"/proc/{uid - UID_BASE}"), b"grader.sandbox"):
+                    leaked.append(proc.name)
             except OSError:
                 pass
-    assert not left, f"processes of a sandbox uid still running: {left}"
+    assert not leaked, f"processes of a finished sandbox still running: {leaked}"
+
+
+def _cmdline_has(proc: Path, text: bytes) -> bool:
+    try:
+        return text in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_megabytes_of_output_change_nothing(graded):
@@ -239,3 +253,10 @@ def test_an_in_place_change_is_seen_even_when_the_check_is_forged(graded):
              for e in s["exercises"] if e["exercise"] == "sampling")
     test = next(t for t in r["tests"] if t["name"] == "test_no_function_modifies_its_input")
     assert not test["passed"] and "apply_temperature() changed its logits in place" in test["message"], test
+
+
+@pytest.mark.parametrize("case", ["symlink_to_solutions", "linked_folder"])
+def test_symbolic_links_are_refused(graded, case):
+    """Either link would otherwise be graded as the learner's own file: the reference, or another student's work."""
+    r = rec(graded, case)
+    assert r["status"] == "error" and "symbolic link" in r["message"] and r["score"] == 0, r
