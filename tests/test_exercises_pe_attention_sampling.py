@@ -7,6 +7,7 @@ code runs with the reference functions in place of the stubs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import re
@@ -40,15 +41,20 @@ def params(table: dict[str, dict[str, dict]]):
     return [pytest.param(ex, name, ns, id=f"{ex}/{name}") for ex, named in table.items() for name, ns in named.items()]
 
 
+@functools.cache
+def reference_result(exercise: str):
+    return run(exercise, reference_namespace(exercise))
+
+
 @pytest.mark.parametrize("exercise", EXERCISES)
 def test_reference_scores_full_marks(exercise):
-    result = run(exercise, reference_namespace(exercise))
+    result = reference_result(exercise)
     assert result.max_score > 0 and result.score == result.max_score, failures(result)
 
 
 @pytest.mark.parametrize("exercise", EXERCISES)
 def test_public_tests_are_a_proper_subset(exercise):
-    everything = {t.name for t in run(exercise, reference_namespace(exercise)).tests}
+    everything = {t.name for t in reference_result(exercise).tests}
     public = {t.name for t in run(exercise, reference_namespace(exercise), public_only=True).tests}
     assert public and public < everything
 
@@ -108,7 +114,7 @@ def test_same_verdict_20_times_in_a_row(exercise):
         verdicts.add((result.score, tuple((t.name, t.passed, t.message) for t in result.tests)))
     assert len(verdicts) == 1
     (score, _), = verdicts
-    assert 0 < score < run(exercise, reference_namespace(exercise)).max_score
+    assert 0 < score < reference_result(exercise).max_score
 
 
 def test_minilm_is_restored_after_the_learner_crashes(minilm):

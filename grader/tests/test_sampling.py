@@ -88,6 +88,8 @@ def check_filter(got, logits: torch.Tensor, want: torch.Tensor, call: str, descr
     assert tuple(got.shape) == tuple(logits.shape), \
         f"{call} returned shape {list(got.shape)}; a filter returns the logits' shape {list(logits.shape)}"
     removed_got, removed_want = torch.isneginf(got), torch.isneginf(want)
+    assert not bool((torch.isfinite(got) & (got < -1e8)).any()), \
+        f"{call} set some logits to a large negative number; a filtered logit must be float('-inf'), as the API says"
     rows_got = removed_got.reshape(-1, logits.shape[-1])
     rows_want = removed_want.reshape(-1, logits.shape[-1])
     for r in range(rows_got.shape[0]):
