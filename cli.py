@@ -41,9 +41,38 @@ def models():
 
 # --- demo ---------------------------------------------------------------------------------------------------------
 @main.command()
-def demo():
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out", show_default=True,
+              help="Folder for the deck and the grading reports.")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel grading workers [default: number of cores].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.pass_context
+def demo(ctx, out_dir, workers, device):
     """The newcomer's tour: export the deck, grade the bundled example class, print a summary."""
-    click.echo("demo: not built yet")
+    from pathlib import Path
+
+    from grader.sandbox import isolation_problem
+    from llmstudy.exercises import ROOT
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    click.secho("1/3  Models", bold=True)
+    ctx.invoke(models)
+    click.secho("\n2/3  The bilingual Anki deck", bold=True)
+    ctx.invoke(cards_export, lang="both", out=out / "llm-week1.apkg", fmt="apkg", concepts_dir=None)
+    click.secho("\n3/3  Grading the example class in examples/class/ (ada: all correct, ben: classic bugs, "
+                "chloe: two files, dan: misbehaves)", bold=True)
+    problem = isolation_problem()
+    if problem:
+        click.secho(f"note: no sandbox here ({problem}); grading the bundled examples without it. "
+                    "Real classes need the sandbox: see the README.", fg="yellow")
+    ctx.invoke(grade, submissions=str(ROOT / "examples" / "class"), out=str(out / "results.json"),
+               csv_path=str(out / "grades.csv"), gradescope=None, feedback=str(out / "feedback"), workers=workers,
+               device=device, timeout=8.0, allow_unsandboxed=bool(problem), nbgrader_course=None, assignment=None)
+    click.secho("\nNext steps", bold=True)
+    click.echo(f"  open {out / 'feedback'}/ben.html to see what a learner reads; import {out / 'llm-week1.apkg'} "
+               "into Anki")
+    click.echo("  learners: open exercises/01_positional_encoding.ipynb, then `llmstudy check FILE`; "
+               "`llmstudy review` drills the cards in the terminal")
 
 
 # --- cards (issue: Anki deck) --------------------------------------------------------------------------------------
