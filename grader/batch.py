@@ -53,10 +53,12 @@ def worker_setup(settings: Settings) -> None:
     """Start this worker's sandbox zygote (it loads torch and the models in the background) and meanwhile
     import what the hidden graders use, so the first submission doesn't pay for it."""
     global _STATE
+    import atexit
     import importlib
 
     _STATE = _WorkerState(settings)
     _sandbox_worker(wait=False)
+    atexit.register(_close_sandbox_worker)    # the zygote reaps its children before this worker exits
     import torch
     torch.set_num_threads(1)     # one worker per core; the graders' bit-exact comparisons also want one thread
     import transformers  # noqa: F401
@@ -78,6 +80,12 @@ def _sandbox_worker(restart: bool = False, wait: bool = True):
         state.worker = SandboxWorker(device=s.device, sandboxed=s.sandboxed, limits=limits, preload=s.preload,
                                      hide=s.hide, wait=wait)
     return state.worker
+
+
+def _close_sandbox_worker() -> None:
+    if _STATE is not None and _STATE.worker is not None:
+        _STATE.worker.close()
+        _STATE.worker = None
 
 
 def _record(task: Task, status: str, message: str, score: float = 0.0, tests: list | None = None) -> dict:
