@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from dataclasses import asdict, dataclass, field
 
 import pytest
@@ -83,6 +84,21 @@ class _Collector:
             self.collect_errors.append(str(report.longrepr)[-2000:])
 
 
+@contextlib.contextmanager
+def _without_outer_assertion_rewriting():
+    """--assert=plain governs only this inner run: inside another pytest session (e.g. our own tests), that session's
+    import hook would still rewrite the graders' asserts, adding source text and object addresses to messages."""
+    from _pytest.assertion.rewrite import AssertionRewritingHook
+
+    hooks = [hook for hook in sys.meta_path if isinstance(hook, AssertionRewritingHook)]
+    for hook in hooks:
+        sys.meta_path.remove(hook)
+    try:
+        yield
+    finally:
+        sys.meta_path[:0] = hooks
+
+
 def grade(exercise_id: str, submission: Submission, public_only: bool = False) -> ExerciseResult:
     """Run the graders of one exercise against `submission` and return the scored result."""
     path = by_id(exercise_id).grader_path
@@ -93,7 +109,7 @@ def grade(exercise_id: str, submission: Submission, public_only: bool = False) -
             "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
     if public_only:
         args += ["-m", "public"]
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _without_outer_assertion_rewriting():
         code = pytest.main(args, plugins=[collector])
     if collector.collect_errors or code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
         raise RuntimeError(f"the graders for {exercise_id} could not run (exit {code}): "
