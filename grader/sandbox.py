@@ -225,6 +225,24 @@ def _recv_rest(sock: socket.socket, head: bytes, deadline: float | None, max_blo
     return header, blob
 
 
+def ctl_send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+    """Control messages between the grader and the zygote: one JSON line each, file descriptors riding along."""
+    data = json.dumps(message).encode() + b"\n"
+    sent = socket.send_fds(sock, [data], list(fds))
+    sock.sendall(data[sent:])
+
+
+def ctl_recv(sock: socket.socket, max_fds: int = 0) -> tuple[dict | None, list[int]]:
+    """One control message (None at EOF). Request and reply alternate, so a read never runs into the next one."""
+    data, fds, _, _ = socket.recv_fds(sock, 1 << 16, max_fds)
+    while data and not data.endswith(b"\n"):
+        more = sock.recv(1 << 16)
+        if not more:
+            break
+        data += more
+    return (json.loads(data) if data else None), list(fds)
+
+
 # --- trusted side -----------------------------------------------------------------------------------------------
 def _zygote_env() -> dict[str, str]:
     """Only what Python and the model loader need; instructor secrets (tokens, keys) never reach learner code."""
@@ -280,7 +298,7 @@ class SandboxWorker:
                  start_timeout: float = 900.0, wait: bool = True):
         """Start the zygote; with wait=False return at once (it loads in the background until first used)."""
         self.device, self.sandboxed, self.limits = device, sandboxed, limits
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen([sys.executable, "-m", "grader.sandbox", str(theirs.fileno())],
                                       pass_fds=[theirs.fileno()], env=_zygote_env(), cwd="/",
@@ -289,7 +307,7 @@ class SandboxWorker:
         self._control = ours
         config = {"device": device, "sandboxed": sandboxed, "limits": asdict(limits), "preload": list(preload),
                   "parent": os.getpid(), "views": _mounted_views(device, tuple(hide)) if sandboxed else None}
-        socket.send_fds(self._control, [json.dumps({"op": "config", **config}).encode()], [])
+        ctl_send(self._control, {"op": "config", **config})
         self._start_timeout = start_timeout
         self.info: dict | None = None
         if wait:
@@ -304,16 +322,15 @@ class SandboxWorker:
 
     def _request(self, message: dict | None, fds: list[int] = (), timeout: float = 60.0) -> dict:
         try:
-            if message is not None:
-                socket.send_fds(self._control, [json.dumps(message).encode()], list(fds))
             self._control.settimeout(timeout)
-            data = self._control.recv(1 << 20)
-        except (OSError, socket.timeout) as exc:
+            if message is not None:
+                ctl_send(self._control, message, fds)
+            reply, _ = ctl_recv(self._control)
+        except (OSError, socket.timeout, ValueError) as exc:
             raise SandboxBroken(f"the sandbox worker stopped answering ({type(exc).__name__}){self._log_tail()}") \
                 from None
-        if not data:
+        if reply is None:
             raise SandboxBroken(f"the sandbox worker exited{self._log_tail()}")
-        reply = json.loads(data)
         if "error" in reply:
             raise SandboxBroken(reply["error"])
         return reply
@@ -544,8 +561,7 @@ def _describe_status(status: int) -> str:
 def _zygote_main(control_fd: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     control = socket.socket(fileno=control_fd)
-    data, _, _, _ = socket.recv_fds(control, 1 << 20, 0)
-    config = json.loads(data)
+    config, _ = ctl_recv(control)
     if sys.platform.startswith("linux"):
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)   # the trusted process died: stop, and so do the children
         if os.getppid() != config["parent"]:
@@ -553,23 +569,21 @@ def _zygote_main(control_fd: int) -> None:
     try:
         _preload(config)
     except Exception as exc:  # noqa: BLE001 - reported to the trusted side, which stops
-        socket.send_fds(control, [json.dumps({"error": f"the sandbox worker could not start: "
-                                              f"{describe_exception('preloading', exc)}"}).encode()], [])
+        ctl_send(control, {"error": f"the sandbox worker could not start: {describe_exception('preloading', exc)}"})
         return
     stage = tempfile.mkdtemp(prefix="llmstudy-sandbox-")
     config["uid"] = UID_BASE + os.getpid()
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if config["sandboxed"] else -1
     children: set[int] = set()
-    socket.send_fds(control, [b'{"ok": true}'], [])
+    ctl_send(control, {"ok": True})
     try:
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(control, 1 << 20, 2)
-            except OSError:
+                message, fds = ctl_recv(control, max_fds=2)
+            except (OSError, ValueError):
                 break
-            if not data:
+            if message is None:
                 break
-            message = json.loads(data)
             if message["op"] == "ping":
                 reply = {"pid": os.getpid(), "uid": config["uid"], "sandboxed": config["sandboxed"]}
             elif message["op"] == "spawn":
@@ -591,7 +605,7 @@ def _zygote_main(control_fd: int) -> None:
                     children.discard(pid)
             else:
                 reply = {"error": f"unknown op {message['op']!r}"}
-            socket.send_fds(control, [json.dumps(reply).encode()], [])
+            ctl_send(control, reply)
     finally:
         for pid in children:
             _kill(pid, config["sandboxed"])
