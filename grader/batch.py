@@ -210,7 +210,10 @@ def sandbox_mode(allow_unsandboxed: bool, warn=print) -> bool:
     if not allow_unsandboxed:
         raise SandboxUnavailable(f"can't isolate learner code: {problem}. Grade as root on Linux, or pass "
                                  "--allow-unsandboxed to run it with only separate processes and rlimits")
-    warn(f"warning: grading WITHOUT isolation ({problem}); learner code can read files and use the network")
+    from grader.sandbox import python_readable_by_others
+    as_root = os.geteuid() == 0 and not python_readable_by_others() if hasattr(os, "geteuid") else False
+    warn(f"warning: grading WITHOUT isolation ({problem}); learner code can read files and use the network"
+         + ("; it also runs as root, because other users can't read this Python installation" if as_root else ""))
     return False
 
 

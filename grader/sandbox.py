@@ -166,6 +166,18 @@ def isolation_problem() -> str | None:
     return f"can't create namespaces or mounts here ({why}; in a container, grant CAP_SYS_ADMIN or use a VM)"
 
 
+def python_readable_by_others() -> bool:
+    """Whether an unprivileged uid can use this Python (every folder above the installs is o+x). Without the
+    sandbox's own root there is no other way to give it the files, so the uid drop is skipped when this is False."""
+    import stat
+    for top in {sys.prefix, sys.base_prefix, str(ROOT)}:
+        path = Path(top).resolve()
+        for folder in (path, *path.parents):
+            if not folder.stat().st_mode & stat.S_IXOTH:
+                return False
+    return True
+
+
 # --- framing: [json length][blob length][json][blob] --------------------------------------------------------------
 class ProtocolError(Exception):
     pass
@@ -681,7 +693,8 @@ def _child_main(config: dict, stage: str, sock_fd: int, out_fd: int) -> None:
             os.chdir("/tmp")
         else:
             os.chdir(tempfile.mkdtemp(prefix="llmstudy-child-"))
-        _restrict(limits, config["uid"] if os.geteuid() == 0 else None, gpu=config["device"].startswith("cuda"))
+        drop = os.geteuid() == 0 and (config["sandboxed"] or python_readable_by_others())
+        _restrict(limits, config["uid"] if drop else None, gpu=config["device"].startswith("cuda"))
         if sys.platform.startswith("linux"):
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)   # the zygote died: so does this child's whole namespace
     except OSError as exc:

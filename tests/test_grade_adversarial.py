@@ -260,3 +260,24 @@ def test_symbolic_links_are_refused(graded, case):
     """Either link would otherwise be graded as the learner's own file: the reference, or another student's work."""
     r = rec(graded, case)
     assert r["status"] == "error" and "symbolic link" in r["message"] and r["score"] == 0, r
+
+
+def test_without_the_sandbox_the_same_attack_succeeds(tmp_path, monkeypatch):
+    """A positive control for the suite: with isolation off (--allow-unsandboxed), read_solutions reaches the
+    reference and scores full marks, so `score == zeros` above really depends on the sandbox."""
+    import grader.sandbox
+    from grader import batch
+
+    monkeypatch.setattr(grader.sandbox, "isolation_problem", lambda: "switched off by this test")
+    entries = []
+    for case in ("correct", "read_solutions"):
+        src = next((HERE / case).iterdir())
+        (tmp_path / case).mkdir()
+        (tmp_path / case / src.name).write_text(src.read_text().replace("{{ROOT}}", str(ROOT)))
+        entries.append((case, "positional_encoding", tmp_path / case / src.name))
+    warnings = []
+    results = batch.grade_entries(entries, workers=1, device="cpu", progress=False, allow_unsandboxed=True,
+                                  timeout=TIMEOUT, console=type("C", (), {"print": staticmethod(warnings.append)}))
+    assert "WITHOUT isolation" in warnings[0]
+    scores = {s["student"]: s["exercises"][0]["score"] for s in results["submissions"]}
+    assert scores["read_solutions"] == scores["correct"] == results["max_score"], results
