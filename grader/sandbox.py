@@ -704,26 +704,27 @@ def _child_main(config: dict, stage: str, sock_fd: int, out_fd: int) -> None:
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=os.getcwd(), TMPDIR=os.getcwd(), LANG="C.UTF-8",
                       HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                       OMP_NUM_THREADS="1")
-    if config["device"] != "cpu":
-        _reuse_preloaded_models(config["device"], config["preload"])
+    _share_preloaded_models(config["preload"])
     _serve(sock, config["device"])
 
 
-def _reuse_preloaded_models(device: str, preloaded: list[str]) -> None:
-    """On a GPU, give learner code a copy of the zygote's CPU model moved to the device (a fraction of a second)
-    instead of loading it from disk again; the CPU copy stays as it was for code that asks for "cpu"."""
+def _share_preloaded_models(preloaded: list[str]) -> None:
+    """Make every form of models.load(name[, device]) in the learner's process reuse the zygote's copies: "auto"
+    and keyword calls resolve to the same cached CPU model (a top-level `model, tok = load("smollm2")` in a
+    notebook takes no time), and a GPU gets a copy of it moved there instead of a second load from disk."""
     import copy
     import functools
 
     from llmstudy import models
-    load_from_disk = models.load
+    load_once = models.load
 
     @functools.cache
-    def load(name: str, where: str = "auto"):
-        if name in preloaded and models.resolve_device(where) == device:
-            model, tokenizer = load_from_disk(name, "cpu")
-            return copy.deepcopy(model).to(device), tokenizer
-        return load_from_disk(name, where)
+    def load(name: str, device: str = "auto"):
+        where = models.resolve_device(device)
+        if where == "cpu" or name not in preloaded:
+            return load_once(name, where)
+        model, tokenizer = load_once(name, "cpu")
+        return copy.deepcopy(model).to(where), tokenizer
 
     models.load = load
 

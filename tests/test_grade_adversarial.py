@@ -281,3 +281,10 @@ def test_without_the_sandbox_the_same_attack_succeeds(tmp_path, monkeypatch):
     assert "WITHOUT isolation" in warnings[0]
     scores = {s["student"]: s["exercises"][0]["score"] for s in results["submissions"]}
     assert scores["read_solutions"] == scores["correct"] == results["max_score"], results
+
+
+def test_top_level_model_loads_reuse_the_preloaded_models(graded):
+    """Loading both models at import would take seconds from disk; the sandbox hands over the worker's preloaded
+    copies whichever way load() is called (the submission raises if two calls give different objects). Its
+    positional_encoding is a loop-based alternative, so this also shows another correct way gets full marks."""
+    full(graded, "top_level_model_load")
