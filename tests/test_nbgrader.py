@@ -153,6 +153,11 @@ def test_grade_nbgrader_scores_appear_in_nbgrader_export(course, sandboxed):
     assert score["stub"] == 0 and score["corrupt"] == 0
     status = {s["student"]: s["exercises"][0]["status"] for s in results["submissions"]}
     assert status == {"correct": "graded", "buggy": "graded", "stub": "graded", "corrupt": "error"}
+    # nbgrader can't read the corrupt notebook; its grade is still set (not left for manual grading in formgrader)
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "llm101") as gb:
+        grade = gb.find_grade(nbg.grade_id(EXERCISE), EXERCISE.stem, ASSIGNMENT, "corrupt")
+        assert grade.auto_score == 0 and not grade.needs_manual_grade
     # formgrader shows the autograded notebook: its grade cell carries the sandboxed report and the points
     autograded = read(course / "autograded" / "correct" / ASSIGNMENT / EXERCISE.notebook)
     [graded] = cells(autograded, "grade")
