@@ -141,3 +141,22 @@ def test_check_reports_a_broken_file_in_one_line():
     from cli import main
     run = CliRunner().invoke(main, ["check", str(ADVERSARIAL / "corrupt_notebook" / "01_positional_encoding.ipynb")])
     assert run.exit_code == 1 and "not a readable notebook" in run.output and "Traceback" not in run.output
+
+
+def test_pool_returns_results_and_exceptions_as_values():
+    import math
+
+    from grader.pool import LocalPool
+    with LocalPool(workers=2) as pool:
+        got = dict(pool.imap_unordered(math.sqrt, [4.0, 9.0, -1.0]))
+    assert got[4.0] == 2.0 and got[9.0] == 3.0
+    assert isinstance(got[-1.0], ValueError)
+
+
+def test_pool_retries_an_item_whose_worker_died_then_gives_up():
+    import os
+
+    from grader.pool import LocalPool, WorkerLost
+    with LocalPool(workers=1, retries=1) as pool:
+        (item, result), = list(pool.imap_unordered(os._exit, [3]))    # the worker exits on every try
+    assert item == 3 and isinstance(result, WorkerLost)
