@@ -17,7 +17,6 @@ for the sandbox (or the batch must allow running unsandboxed).
 """
 from __future__ import annotations
 
-import os
 import pickle
 import queue
 import socket

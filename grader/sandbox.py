@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import socket
 import struct
@@ -288,18 +287,29 @@ def _mounted_views(device: str, hide: tuple[str, ...]) -> dict:
     if device.startswith("cuda"):
         devices += sorted(str(p) for p in Path("/dev").glob("nvidia*"))
         bind.append("/sys")
-    bind = sorted({os.path.realpath(p) for p in bind if os.path.exists(p)})
-    bind = [p for p in bind if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in bind)]   # outermost
+    # Bind each tree at the path Python knows it by (abspath; a symlinked venv keeps working), outermost only.
+    bind = sorted({os.path.abspath(p) for p in bind if os.path.exists(p)})
+    bind = [p for p in bind if not any(p != q and _under(p, q) for q in bind)]
     secret = {str(ROOT / "solutions"), str(ROOT / "grader"), str(ROOT / ".git"), *hide}
     import importlib.util
     for package in ("solutions", "grader"):
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.submodule_search_locations:
             secret.update(spec.submodule_search_locations)
-    secret = {os.path.realpath(p) for p in secret if p}
-    cover = sorted(p for p in secret if os.path.exists(p)
-                   and any(p == q or p.startswith(q.rstrip("/") + "/") for q in bind))
+    # A secret that lies inside a bound tree (e.g. solutions/ installed into site-packages) gets covered there,
+    # compared by real paths so that a link in either path can't uncover it.
+    cover = set()
+    for s in (os.path.realpath(p) for p in secret if p and os.path.exists(p)):
+        for q in bind:
+            real_q = os.path.realpath(q)
+            if _under(s, real_q):
+                cover.add(os.path.normpath(os.path.join(q, os.path.relpath(s, real_q))))
+    cover = sorted(cover)
     return {"bind": bind, "links": links, "devices": devices, "cover": cover}
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 class SandboxWorker:

@@ -17,6 +17,8 @@ from grader.sandbox import UID_BASE, Limits, SandboxUnavailable, SandboxWorker, 
 from grader.submission import LearnerError, SubmissionTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
+INSIDE_DIR = Path(pytest.__file__).parent.parent / "_pytest" / "config"      # folders inside trees the child must see
+INSIDE_FILE = ROOT / "llmstudy" / "exercises.py"
 SECRET = "LLMSTUDY_TEST_SECRET"
 needs_isolation = pytest.mark.skipif(isolation_problem() is not None,
                                      reason=f"sandbox unavailable here: {isolation_problem()}")
@@ -33,6 +35,11 @@ PROBES = textwrap.dedent('''
     def identity():
         return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
                 "pid": os.getpid(), "cwd": os.getcwd()}
+
+
+    def read(path):
+        with open(path) as f:
+            return f.read()
 
 
     def exists(paths):
@@ -98,7 +105,8 @@ PROBES = textwrap.dedent('''
 def worker():
     os.environ[SECRET] = "must not reach learner code"
     try:
-        w = SandboxWorker(preload=(), limits=Limits(call_timeout=3, budget=60), hide=(str(ROOT / "tests"),))
+        w = SandboxWorker(preload=(), limits=Limits(call_timeout=3, budget=60),
+                          hide=(str(ROOT / "tests"), str(INSIDE_DIR), str(INSIDE_FILE)))
     finally:
         del os.environ[SECRET]
     yield w
@@ -126,6 +134,16 @@ def test_child_cannot_see_solutions_graders_git_or_tests(sub):
     assert sub.exists([str(p) for p in paths]) == [False] * len(paths)
     visible = sub.listdir(str(ROOT))
     assert "solutions" not in visible and "grader" not in visible, visible
+
+
+@needs_isolation
+def test_hidden_paths_inside_bound_trees_are_covered(sub):
+    """site-packages and llmstudy/ are bound for Python; a hidden folder inside them is an unreadable empty mount
+    and a hidden file reads as empty."""
+    assert INSIDE_DIR.is_dir() and INSIDE_FILE.read_text()
+    assert "Permission denied" in sub.listdir(str(INSIDE_DIR))
+    assert sub.read(str(INSIDE_FILE)) == ""
+    assert sub.listdir(str(INSIDE_DIR.parent)) != []      # only what was hidden
 
 
 @needs_isolation
