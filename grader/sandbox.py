@@ -66,9 +66,12 @@ class SandboxBroken(RuntimeError):
 class Limits:
     call_timeout: float = 20.0         # wall seconds per call into the learner's code (and for the import)
     budget: float = 200.0              # wall seconds of learner code per submission, all calls together
-    memory_mb: int = 2048              # address space the child may add on top of the zygote's
+    # Per process; a child needs one task (measured: torch and the tokenizers start no threads with these settings),
+    # so processes x memory_mb bounds what a forking memory bomb can take (16 GB). A per-child cgroup would make
+    # it 1 GB in total; that needs a delegated cgroup subtree, which this grader doesn't assume.
+    memory_mb: int = 1024              # address space each process may add on top of the zygote's (RLIMIT_AS)
     cpu_seconds: int = 300             # CPU seconds per child process (RLIMIT_CPU)
-    processes: int = 64                # tasks (processes + threads) of the child's uid (RLIMIT_NPROC)
+    processes: int = 16                # tasks (processes + threads) of the child's uid (RLIMIT_NPROC)
     file_mb: int = 16                  # largest file it may write (RLIMIT_FSIZE)
     open_files: int = 256              # RLIMIT_NOFILE
     tmp_mb: int = 64                   # size of its private /tmp

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from grader.sandbox import UID_BASE, isolation_problem
+from grader.sandbox import UID_BASE, Limits, isolation_problem
 
 HERE = Path(__file__).parent / "adversarial"
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,13 +129,15 @@ def test_infinite_loop_in_a_function_costs_only_that_test(graded):
 def test_memory_bomb_stops_at_the_memory_limit(graded):
     failed = only_some_fail(graded, "memory_bomb", r"memory bomb stopped at \d+ MB")
     reached = int(re.search(r"stopped at (\d+) MB", failed[0]["message"]).group(1))
-    assert reached <= 2048, f"the bomb held {reached} MB; the sandbox allows 2048 MB"   # Limits.memory_mb
+    allowed = Limits().memory_mb
+    assert reached <= allowed, f"the bomb held {reached} MB; the sandbox allows {allowed} MB"
 
 
 def test_fork_bomb_stops_at_the_process_limit(graded):
     failed = only_some_fail(graded, "fork_bomb", r"fork bomb stopped after \d+ processes")
     started = int(re.search(r"after (\d+) processes", failed[0]["message"]).group(1))
-    assert started < 64, f"{started} processes started; the sandbox allows 64 tasks"     # Limits.processes
+    allowed = Limits().processes
+    assert started < allowed, f"{started} processes started; the sandbox allows {allowed} tasks"
 
 
 def test_os_exit_costs_only_the_calls_that_exit(graded):
