@@ -308,9 +308,8 @@ def test_sampled_tokens_respect_top_k_at_high_temperature(submission):
 @pytest.mark.points(2)
 def test_sampled_tokens_respect_temperature_then_top_p(submission):
     # T < 1 sharpens the distribution before top-p, so the correct nucleus is smaller than the untempered one.
-    for seed, kwargs in ((2, {"temperature": 0.6, "top_p": 0.5}), (3, {"temperature": 1.2, "top_k": 8, "top_p": 0.7})):
-        out, call = sample(submission, SAMPLED, 4, seed=seed, **kwargs)
-        check_in_support(out, encode(*SAMPLED).shape[1], call, **kwargs)
+    out, call = sample(submission, SAMPLED, 4, seed=2, temperature=0.6, top_p=0.5)
+    check_in_support(out, encode(*SAMPLED).shape[1], call, 0.6, top_p=0.5)
 
 
 @pytest.mark.points(1)
@@ -360,7 +359,7 @@ def test_different_seeds_give_different_samples(seeded_samples):
 
 @pytest.mark.points(2)
 def test_first_token_frequencies_follow_the_filtered_softmax(submission):
-    prompt, rows, temperature, top_k = "He bought a", 160, 0.5, 4
+    prompt, rows, temperature, top_k = "He bought a", 128, 0.5, 4
     ids = encode(prompt)
     with torch.no_grad():
         logits = smollm2()[0](ids).logits[0, -1].double() / temperature      # [V]

@@ -50,12 +50,18 @@ def _pick(logits, temperature, top_k, top_p, generator, bug):
 def _generate(model, input_ids, max_new_tokens, eos_token_id=None, temperature=0.0, top_k=None, top_p=None,
               generator=None, bug=None):
     """The reference loop with one optional bug, so that each mutant changes exactly one thing."""
-    ids = input_ids
+    ids, past = input_ids, None
     finished = torch.zeros(ids.shape[0], dtype=torch.bool)
     steps = max_new_tokens + 1 if bug == "one-token-too-many" else max_new_tokens
+    # A KV cache (only to make the mutant suite faster), except where the bug needs every position's logits.
+    cached = bug not in ("predicts-from-position-0", "argmax-over-positions")
     with torch.no_grad():
         for _ in range(steps):
-            all_logits = model(ids).logits                                        # [B, L, V]
+            if cached:
+                out = model(ids if past is None else ids[:, -1:], past_key_values=past, use_cache=True)
+                all_logits, past = out.logits, out.past_key_values                # [B, L or 1, V]
+            else:
+                all_logits = model(ids).logits                                    # [B, L, V]
             if bug == "argmax-over-positions":
                 next_token = all_logits.argmax(dim=1)[:, -1]
             else:
