@@ -112,8 +112,9 @@ def check_fit(submission, tokenizer_name: str, examples, new_dialogue: str, max_
     want_k = max(fits)
     result = fit(submission, tokenizer_name, examples, new_dialogue, max_tokens, reserve)
     if "raised" in result:
+        raised = f"{call} raised {result['raised'][0]}" + (f": {result['message']}" if result["message"] else "")
         fitting = "the zero-shot prompt fits" if want_k == 0 else f"{want_k} example(s) fit"
-        raise AssertionError(f"{call} raised {result['raised'][0]}: {result['message']}; but {fitting} this budget")
+        raise AssertionError(raised + (f"; but {fitting} this budget" if "ValueError" in result["raised"] else ""))
     got = result["returned"]
     assert isinstance(got, (tuple, list)) and len(got) == 2, f"{call} must return a pair (prompt, k)"
     prompt, k = got
