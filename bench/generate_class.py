@@ -9,6 +9,7 @@ COURSE/class_manifest.json: which variant each student got for each exercise.
 
 - correct: the release notebook with each solution cell's stub replaced by the reference code;
 - buggy:   correct, then one arithmetic operator, comparison or number in one exercise function mutated (seeded);
+           a mutant can be equivalent (seed 0, 8 students: 1 of 10 keeps full marks, range(n, -1, -1) -> -2);
 - stub:    the release notebook as handed out (`raise NotImplementedError()`).
 """
 from __future__ import annotations
