@@ -123,13 +123,12 @@ def _names_used(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def _body_without_docstring(fn: ast.FunctionDef) -> tuple[int, list[ast.stmt]]:
-    """(line after the docstring or the `def` line, the statements after the docstring); lines are 1-based."""
-    body = fn.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-            and isinstance(body[0].value.value, str):
-        return body[0].end_lineno + 1, body[1:]
-    return body[0].lineno, body   # a body always has a statement; the def's own lines end before it
+def _body_start(fn: ast.FunctionDef) -> int:
+    """The (1-based) line where fn's body starts, after its docstring if it has one."""
+    first = fn.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.end_lineno + 1
+    return first.lineno
 
 
 class _Reference:
@@ -150,8 +149,7 @@ class _Reference:
 
     def body(self, fn: str) -> str:
         node = self.functions[fn]
-        start, _ = _body_without_docstring(node)
-        return textwrap.dedent("\n".join(self.lines[start - 1:node.end_lineno])).strip("\n")
+        return textwrap.dedent("\n".join(self.lines[_body_start(node) - 1:node.end_lineno])).strip("\n")
 
     def support(self, fn: str, available: set[str]) -> list[str]:
         """Module-level code of the solution that `fn` needs and the notebook doesn't have (imports, helpers)."""
@@ -174,11 +172,11 @@ class _Reference:
 def _solution_cell_source(source: str, exercise: Exercise, ref: _Reference, available: set[str]) -> str:
     """The notebook cell with each stub function's body (after its docstring) replaced by the reference body,
     wrapped in BEGIN/END SOLUTION so that generate_assignment turns it back into a stub."""
-    tree = ast.parse(source)
+    tree = ast.parse(_ipython_free(source))         # magics blanked line by line: line numbers still match
     lines = source.splitlines()
     stubs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in exercise.functions]
     for fn in sorted(stubs, key=lambda n: n.lineno, reverse=True):   # bottom-up keeps earlier line numbers valid
-        start, _ = _body_without_docstring(fn)
+        start = _body_start(fn)
         indent = " " * fn.body[0].col_offset
         region = [*ref.support(fn.name, available), ref.body(fn.name)]
         solution = [indent + BEGIN_SOLUTION,
