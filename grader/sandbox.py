@@ -514,13 +514,18 @@ class SandboxSubmission(Submission):
             self._start()
         self._seq += 1
         header = {"op": "call", "fn": fn, "harness": harness, "seq": self._seq, "shared": list(shared)}
-        if fds:
-            data = json.dumps(header).encode()
-            frame = HEADER.pack(len(data), len(blob)) + data + blob
-            sent = socket.send_fds(self._child.sock, [frame], list(fds))
-            self._child.sock.sendall(frame[sent:])
-        else:
-            send_frame(self._child.sock, header, blob)
+        try:
+            if fds:
+                data = json.dumps(header).encode()
+                frame = HEADER.pack(len(data), len(blob)) + data + blob
+                sent = socket.send_fds(self._child.sock, [frame], list(fds))
+                self._child.sock.sendall(frame[sent:])
+            else:
+                send_frame(self._child.sock, header, blob)
+        except OSError:                  # it exited after its last answer (e.g. a timer calling os._exit)
+            self.deaths += 1
+            raise LearnerError(f"the process running your code had exited before {where} ({self._stop()})") \
+                from None
         out = self._exchange(where, self._seq)
         try:
             return codec.decode(out)

@@ -94,6 +94,12 @@ PROBES = textwrap.dedent('''
         time.sleep(30)
 
 
+    def exit_soon():
+        import threading
+        threading.Timer(0.2, os._exit, (0,)).start()
+        return "bye"
+
+
     def spawn_sleeper(marker):
         import subprocess
         subprocess.Popen(["/bin/sh", "-c", "sleep 600", marker])
@@ -191,6 +197,14 @@ def test_garbage_on_the_channel_is_the_learners_failure(sub):
     with pytest.raises(LearnerError, match="died"):
         sub.write_garbage()
     assert sub.count() == 1
+
+
+def test_a_child_that_exits_between_calls_costs_one_call(sub):
+    assert sub.exit_soon() == "bye"
+    time.sleep(1)
+    with pytest.raises(LearnerError, match="had exited before count"):
+        sub.count()
+    assert sub.count() == 1 and sub.deaths == 1
 
 
 def test_unsandboxed_mode_still_runs_learner_code_in_a_separate_killed_process(tmp_path):
