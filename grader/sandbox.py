@@ -385,6 +385,13 @@ class SandboxWorker:
             theirs.close()
             os.close(write_end)
         child = _Child(self, reply["pid"], sock, _Drain(read_end, self.limits.output_kb * 1024))
+        try:
+            header, _ = recv_frame(sock, deadline=time.monotonic() + 60)
+        except (TimeoutError, EOFError, OSError, ProtocolError) as exc:
+            header = {"error": f"no word from a new sandboxed process ({type(exc).__name__})"}
+        if header.get("ready") is not True:
+            child.stop()
+            raise SandboxBroken(str(header.get("error", "a new sandboxed process did not start")))
         send_frame(sock, {"op": "load", "source": source, "filename": filename})
         return child
 
@@ -553,9 +560,6 @@ class SandboxSubmission(Submission):
             raise LearnerError(f"the process running your code died during {where} ({detail})") from None
         finally:
             self.budget_left -= time.monotonic() - start
-        if header.get("internal"):
-            self._stop()
-            raise SandboxBroken(str(header["internal"]))
         if header.get("ok") is not True:
             message = header.get("message")
             raise LearnerError(str(message)[:1000] if message else f"{where} failed")
@@ -719,8 +723,9 @@ def _child_main(config: dict, stage: str, sock_fd: int, out_fd: int) -> None:
         if sys.platform.startswith("linux"):
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)   # the zygote died: so does this child's whole namespace
     except OSError as exc:
-        send_frame(sock, {"internal": f"sandbox setup failed: {exc}", "seq": None})
+        send_frame(sock, {"ready": False, "error": f"sandbox setup failed: {exc}"})
         return
+    send_frame(sock, {"ready": True})     # before any learner code: later frames can't speak for our side
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=os.getcwd(), TMPDIR=os.getcwd(), LANG="C.UTF-8",
                       HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -814,6 +819,9 @@ def _restrict(limits: Limits, uid: int | None, gpu: bool = False) -> None:
     for which, soft, hard in caps:
         resource.setrlimit(which, (soft, hard))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # an oversized write fails with an error instead of a kill
+    if os.path.exists("/proc/self/oom_score_adj"):
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")                       # if memory runs out anyway, the kernel kills learner code first
     os.nice(10)
     os.umask(0o077)
     if uid is not None:

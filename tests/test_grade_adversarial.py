@@ -290,3 +290,10 @@ def test_top_level_model_loads_reuse_the_preloaded_models(graded):
     copies whichever way load() is called (the submission raises if two calls give different objects). Its
     positional_encoding is a loop-based alternative, so this also shows another correct way gets full marks."""
     full(graded, "top_level_model_load")
+
+
+def test_a_forged_internal_error_is_the_learners_error(graded):
+    """Only the frame a child sends before any learner code runs can report our side's failure."""
+    r = rec(graded, "forged_internal_error")
+    assert r["status"] == "error" and not r["message"].startswith("internal grader error"), r
+    assert graded["run"].exit_code == 0
