@@ -463,7 +463,11 @@ class SandboxSubmission(Submission):
 
     def _start(self) -> None:
         self._child = self.worker.spawn(self._source, self._filename)
-        self._exchange("importing your code", None)
+        try:
+            self._exchange("importing your code", None)
+        except BaseException:
+            self._stop()                 # a child whose import failed serves nothing
+            raise
 
     def call(self, fn: str, *args, **kwargs) -> Any:
         return self._call(fn, args, kwargs, harness=False)

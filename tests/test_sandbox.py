@@ -207,6 +207,21 @@ def test_a_child_that_exits_between_calls_costs_one_call(sub):
     assert sub.count() == 1 and sub.deaths == 1
 
 
+def test_a_failed_import_leaves_no_child_running(worker):
+    with pytest.raises(LearnerError, match="ZeroDivisionError"):
+        worker.open("positional_encoding", "x = 1 / 0\n", "broken.py")
+    uid = worker.info["uid"]
+    alive = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _uid_of(p) == uid]
+    assert not alive, alive
+
+
+def _uid_of(proc: Path) -> int | None:
+    try:
+        return proc.stat().st_uid
+    except OSError:
+        return None
+
+
 def test_unsandboxed_mode_still_runs_learner_code_in_a_separate_killed_process(tmp_path):
     marker = f"llmstudy-unsandboxed-{os.getpid()}-{time.time_ns()}"
     with SandboxWorker(sandboxed=False, preload=(), limits=Limits(call_timeout=3)) as w:
