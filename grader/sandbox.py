@@ -24,6 +24,9 @@ What holds in the child (Linux, grader running as root; `isolation_problem()` sa
   - IPC and UTS namespaces; a new session; an unprivileged uid/gid per zygote (no groups); PR_SET_NO_NEW_PRIVS;
     rlimits on address space, CPU seconds, processes, file size, open files and core dumps; nice 10.
   - A minimal environment (no instructor variables); stdout/stderr go to a pipe the grader drains and truncates.
+Everything a child says is the learner's: only its "ready" frame, sent before any learner code runs, can report a
+failure of our side. A harness verdict computed in the child could be forged there, so `modified_inputs` is
+observed from the grader's side instead (the tensor arguments live in shared memory the grader reads back).
 Without isolation (not root, not Linux, or namespaces unavailable) `sandboxed=False` keeps only the separate
 process, its own session (killed as a process group), a temp working directory, the uid drop when root, and the
 rlimits that the OS enforces; callers must ask for that explicitly (`--allow-unsandboxed`).
