@@ -770,9 +770,16 @@ def _enter_sandbox(views: dict, stage: str, limits: Limits) -> None:
     def inside(path: str) -> str:
         return stage + path
 
+    # /tmp first: a tree bound below it (a venv or model files under /tmp) must sit on top of the tmpfs, not under it.
+    os.makedirs(inside("/tmp"))
+    _mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={limits.tmp_mb}m,mode=1777")
     for path in views["bind"]:
         target = inside(path)
-        os.makedirs(target, exist_ok=True)
+        if os.path.isdir(path):
+            os.makedirs(target, exist_ok=True)
+        else:                            # a single file (e.g. a model's GGUF outside the venv) needs a file to cover
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
         _mount(path, target, None, MS_BIND | MS_REC)
         _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for path in views["cover"]:          # secrets inside a bound tree (e.g. solutions/ in site-packages)
@@ -797,8 +804,6 @@ def _enter_sandbox(views: dict, stage: str, limits: Limits) -> None:
     _mount("tmpfs", inside("/dev/shm"), "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
     os.makedirs(inside("/proc"))
     _mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(inside("/tmp"))
-    _mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={limits.tmp_mb}m,mode=1777")
     _pivot_root(stage)
     _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     socket.sethostname("sandbox")

