@@ -118,12 +118,14 @@ def test_same_verdict_20_times_in_a_row(exercise):
 
 
 def test_minilm_is_restored_after_the_learner_crashes(minilm):
+    """The MiniLM check patches the grader's own (shared) model; a crash in the learner's code mid-forward must leave
+    every layer as it was."""
     import torch
 
-    from grader.harness import mean_pooled_embeddings
-
     model, tokenizer = minilm
-    before = mean_pooled_embeddings(model, tokenizer, ["Attention is all you need."])
+    batch = tokenizer(["Attention is all you need."], return_tensors="pt")
+    with torch.no_grad():
+        before = model(**batch).last_hidden_state
 
     def crashing(*args, **kwargs):
         raise RuntimeError("learner bug")
@@ -132,7 +134,8 @@ def test_minilm_is_restored_after_the_learner_crashes(minilm):
     minilm_test = next(t for t in result.tests if "minilm" in t.name)
     assert not minilm_test.passed and "RuntimeError" in minilm_test.message
     assert all("forward" not in layer.attention.__dict__ for layer in model.encoder.layer)
-    assert torch.equal(mean_pooled_embeddings(model, tokenizer, ["Attention is all you need."]), before)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, before)
 
 
 def notebook_cells(exercise: str) -> list[str]:

@@ -1,8 +1,9 @@
 """The adversarial suite: a class of hostile submissions (tests/adversarial/<case>/) graded in one `llmstudy grade`
 run, each with its expected outcome, next to a correct submission that must still get full marks.
 
-Every case targets exercise 01 (positional_encoding). Placeholders in the fixtures ({{ROOT}}, {{PORT}}, ...) are
-filled in per run, so that an attack aims at this checkout, a port this test listens on, and files it checks.
+Every case targets exercise 01 (positional_encoding), except forged_inplace (03, sampling) and forged_minilm (02,
+attention). Placeholders in the fixtures ({{ROOT}}, {{PORT}}, ...) are filled in per run, so that an attack aims at
+this checkout, a port this test listens on, and files it checks.
 """
 from __future__ import annotations
 
@@ -255,6 +256,17 @@ def test_an_in_place_change_is_seen_even_when_the_check_is_forged(graded):
              for e in s["exercises"] if e["exercise"] == "sampling")
     test = next(t for t in r["tests"] if t["name"] == "test_no_function_modifies_its_input")
     assert not test["passed"] and "apply_temperature() changed its logits in place" in test["message"], test
+
+
+def test_the_minilm_check_cannot_be_forged_from_the_learners_process(graded):
+    """MiniLM runs in the grader's process and calls multi_head_attention once per layer by value, so patching
+    grader.harness or transformers' BERT classes in the learner's process can't hide that this multi_head_attention
+    ignores the padding mask. (When the whole forward pass ran in the learner's process, these patches passed it.)"""
+    r = next(e for s in graded["results"]["submissions"] if s["student"] == "forged_minilm"
+             for e in s["exercises"] if e["exercise"] == "attention")
+    test = next(t for t in r["tests"] if t["name"] == "test_mha_inside_every_minilm_layer_gives_the_same_embeddings")
+    assert r["status"] == "graded" and not test["passed"], (r["status"], r["message"], test)
+    assert "only the padded (shorter) sentences are off, so check the mask" in test["message"], test
 
 
 @pytest.mark.parametrize("case", ["symlink_to_solutions", "linked_folder"])

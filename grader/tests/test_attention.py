@@ -1,14 +1,17 @@
 """Hidden graders for exercise 02: softmax, causal_mask, scaled_dot_product_attention, multi_head_attention.
 
 Oracles: torch.softmax, torch.nn.functional.scaled_dot_product_attention, torch.nn.MultiheadAttention, and a real
-model: the learner's multi_head_attention replaces the self-attention of every all-MiniLM-L6-v2 layer (see
-grader.harness.bert_self_attention_replaced) and the sentence embeddings must match the unmodified model's.
+model: the learner's multi_head_attention replaces the self-attention of every all-MiniLM-L6-v2 layer and the sentence
+embeddings must match the unmodified model's. The model runs here, in the grader's process; each layer sends its
+input and weights to the learner's function by value and uses the returned tensor (see learner_attention_in_bert), so
+that nothing the learner's process could patch (grader.harness, transformers, torch) decides the result.
 
 PYTEST_DONT_REWRITE: a learner sees only the assert messages, even when grade() runs inside another pytest
 session (whose assertion rewriting would otherwise add source expressions and object addresses).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -201,19 +204,72 @@ def test_mha_self_attention_matches_torch_multihead_attention(submission):
                 "projections, compared with torch.nn.MultiheadAttention")
 
 
+def mean_pooled_embeddings(model, tokenizer, sentences: list[str]) -> torch.Tensor:
+    """Sentence embeddings as sentence-transformers computes them for all-MiniLM-L6-v2: the mean of the last hidden
+    states over real (non-padding) tokens, then L2-normalised. Returns float32 [len(sentences), hidden]."""
+    batch = tokenizer(sentences, padding=True, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state                       # [B, L, D]
+    keep = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)        # [B, L, 1]: 1 for real tokens
+    pooled = (hidden * keep).sum(dim=1) / keep.sum(dim=1)                # [B, D]
+    return F.normalize(pooled, dim=-1).cpu()
+
+
+@contextlib.contextmanager
+def learner_attention_in_bert(submission, model, attention_mask: torch.Tensor):
+    """Inside the block, the attention sublayer of every layer of a transformers BertModel (running in this, the
+    grader's, process) computes LayerNorm(x + multi_head_attention(x, x, x, heads, query, key, value, output.dense,
+    mask)) with the learner's multi_head_attention: the layer's input x [B, L, D], its projection weights and a padding
+    mask [B, 1, 1, L] (True = real token) cross to the learner's process by value, the result [B, L, D] crosses back.
+
+    That is exactly what the learner's function replaces in BertAttention: BertSelfAttention (projections, attention,
+    head merge) and BertSelfOutput's dense layer (= out_proj); BertSelfOutput's dropout is off in eval mode and its
+    residual LayerNorm stays the model's own. The model is always restored on exit, even when the learner's code
+    raises."""
+    mask = attention_mask.bool()[:, None, None, :]
+
+    def replacement(attention):
+        heads = attention.self.num_attention_heads
+        linears = {"q": attention.self.query, "k": attention.self.key, "v": attention.self.value,
+                   "out": attention.output.dense}
+        weights = {name: (linear.weight.detach(), linear.bias.detach()) for name, linear in linears.items()}
+
+        def forward(hidden_states, *args, **kwargs):                    # BertAttention.forward's contract
+            x = hidden_states
+            mixed = learner_mha(submission, x, x, x, heads, weights, mask)
+            assert tuple(mixed.shape) == tuple(x.shape), \
+                f"multi_head_attention(x, x, x, num_heads={heads}, ...) inside MiniLM with x of shape " \
+                f"{list(x.shape)} returned shape {list(mixed.shape)}; expected {list(x.shape)} (same as the query)"
+            return attention.output.LayerNorm(mixed.to(x.dtype) + x), None
+        return forward
+
+    patched = []
+    try:
+        for layer in model.encoder.layer:
+            attention = layer.attention
+            if "forward" in attention.__dict__:
+                raise RuntimeError("this model's attention is already patched; is another check still running?")
+            attention.forward = replacement(attention)
+            patched.append(attention)
+        yield model
+    finally:
+        for attention in patched:
+            del attention.forward                                       # back to BertAttention.forward
+
+
 @pytest.mark.public
 @pytest.mark.points(3)
 def test_mha_inside_every_minilm_layer_gives_the_same_embeddings(submission):
-    from grader.harness import mean_pooled_embeddings
     from llmstudy import models
 
     sentences = ["The cat sat on the mat.", "Attention is all you need.",
                  "Transformers replaced recurrent networks because attention runs in parallel over the whole input."]
     model, tokenizer = models.load("minilm", "cpu")
     want = mean_pooled_embeddings(model, tokenizer, sentences)
-    got = as_tensor(submission.harness("minilm_embeddings_with_learner_attention", sentences),
-                    "multi_head_attention inside MiniLM")
-    # Six float32 layers with a different summation order: measured max difference 2e-7 on these unit vectors.
+    padding = tokenizer(sentences, padding=True, return_tensors="pt")["attention_mask"]     # [3, L]: 1 = real token
+    with learner_attention_in_bert(submission, model, padding):
+        got = mean_pooled_embeddings(model, tokenizer, sentences)
+    # Six float32 layers with a different summation order: measured max difference 1.5e-7 on these unit vectors.
     # 1e-4 leaves room for float32 implementations; ignoring the padding mask or out_proj is off by > 5e-2.
     err = (got - want).abs().max(dim=-1).values                        # [3]; the last sentence is the longest
     worst = int(err.argmax())
