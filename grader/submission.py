@@ -2,7 +2,7 @@
 
     submission.top_p_filter(logits, 0.8)                   # a learner function; args and result cross by value
     submission.generate(ModelRef("smollm2"), ids, 10)      # models cross by name, never as objects
-    submission.harness("minilm_embeddings", sentences)     # grader.harness code run beside the learner's code
+    submission.harness("multi_head_attention_with_linears", q, k, v, 12, weights)  # grader.harness code beside theirs
 
 The same hidden tests run against InProcessSubmission (a learner's self-check, `llmstudy check`) and against the
 sandboxed process of official grading (grader.sandbox), which implements the same two methods.
