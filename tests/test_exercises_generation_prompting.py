@@ -1,9 +1,8 @@
 """Exercises 04-05 (generation, prompting): the graders themselves are under test.
 
-The reference solutions score full marks, the notebooks' stubs score 0, every mutant (one plausible bug) loses
-points, every correct alternative scores full marks, a verdict is the same 20 times in a row, the grader's own
-sampling oracle agrees with transformers' warpers, and the notebooks' code runs with the reference functions in
-place of the stubs.
+Every mutant (one plausible bug) loses points, every correct alternative scores full marks, a verdict is the same
+20 times in a row, and the grader's own sampling oracle agrees with transformers' warpers. What holds for every
+exercise (references, stubs, notebooks) is in test_exercises.py.
 
 Cost: a full generation grade runs the learner's loop ~20 times on SmolLM2 (about 10 s on one thread). So a mutant
 is first graded on the public tests, a subset of the full grade with the same points: points lost there are lost in
@@ -12,15 +11,10 @@ run on the public tests (greedy, eos and sampling-support checks), plus 2 full g
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
-import io
-import re
-
 import pytest
 
-from grader.extract import extract, load_namespace
-from grader.runner import grade
+from exercise_helpers import failures, params, reference_namespace, run, verdict
+from grader.extract import load_namespace
 from grader.submission import InProcessSubmission
 from llmstudy.exercises import by_id
 from mutants.generation_prompting import ALTERNATIVES, MUTANTS, REFERENCES
@@ -30,73 +24,11 @@ EXERCISES = ("generation", "prompting")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run(exercise: str, namespace: dict, public_only: bool = False):
-    return grade(exercise, InProcessSubmission(namespace, exercise), public_only=public_only)
-
-
-def failures(result) -> str:
-    return "; ".join(f"{t.name}: {t.message}" for t in result.tests if not t.passed)
-
-
-def reference_namespace(exercise: str) -> dict:
-    return {k: v for k, v in vars(REFERENCES[exercise]).items() if not k.startswith("__")}
-
-
-def params(table: dict[str, dict[str, dict]]):
-    return [pytest.param(ex, name, ns, id=f"{ex}/{name}") for ex, named in table.items() for name, ns in named.items()]
-
-
-def verdict(result) -> tuple:
-    return result.score, tuple((t.name, t.passed, t.message) for t in result.tests)
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_reference_scores_full_marks_and_public_tests_are_a_proper_subset(exercise):
-    result = run(exercise, reference_namespace(exercise))
-    assert result.max_score > 0 and result.score == result.max_score, failures(result)
-    public = run(exercise, reference_namespace(exercise), public_only=True)
-    assert public.score == public.max_score, failures(public)
-    everything = {t.name: t.max_score for t in result.tests}
-    assert public.tests and {t.name for t in public.tests} < set(everything)
-    assert all(everything[t.name] == t.max_score for t in public.tests)      # the same points in both
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_notebook_stubs_score_zero(exercise):
-    namespace = load_namespace(by_id(exercise).notebook_path)
-    for fn in by_id(exercise).functions:
-        assert callable(namespace.get(fn)), f"the notebook does not define {fn}()"
-    result = run(exercise, namespace)
-    assert result.score == 0 and result.max_score > 0, [t.name for t in result.tests if t.passed]
-    assert all("NotImplementedError" in t.message for t in result.tests), failures(result)
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_notebook_signatures_match_the_reference(exercise):
-    namespace = load_namespace(by_id(exercise).notebook_path)
-    for fn in by_id(exercise).functions:
-        stub, ref = inspect.signature(namespace[fn]), inspect.signature(getattr(REFERENCES[exercise], fn))
-        assert [(p.name, p.default) for p in stub.parameters.values()] == \
-               [(p.name, p.default) for p in ref.parameters.values()], fn
-        assert inspect.getdoc(namespace[fn]), f"the stub of {fn} has no docstring"
-
-
 def test_notebook_states_the_reference_templates():
     """The graders compare strings with solutions/prompting.py; the notebook gives learners the same constants."""
     namespace = load_namespace(by_id("prompting").notebook_path)
     for name in ("INSTRUCTION", "ANSWER_CUE", "EXAMPLE_SEPARATOR"):
         assert namespace[name] == getattr(REFERENCES["prompting"], name), name
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_grading_runs_no_experiment(exercise):
-    """What grading executes from the notebook is imports, defs and literal constants: no model load, no file read
-    (the sandbox has no exercises/ folder), no experiment."""
-    import ast
-
-    for node in ast.parse(extract(by_id(exercise).notebook_path)).body:
-        assert isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef)) or \
-            isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), ast.unparse(node)[:200]
 
 
 def test_every_exercise_has_8_mutants_and_2_alternatives():
@@ -207,32 +139,3 @@ def test_calling_model_generate_is_refused():
     result = run("generation", MUTANTS["generation"]["calls-model-generate"], public_only=True)
     assert result.score == 0 and all("model.generate() was called" in t.message for t in result.tests), \
         failures(result)
-
-
-def notebook_cells(exercise: str) -> list[str]:
-    import nbformat
-
-    notebook = nbformat.read(by_id(exercise).notebook_path, as_version=4)
-    return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_notebook_runs_with_the_reference(exercise, smollm2):
-    """Every code cell runs, in order, with the stubs replaced by the reference: self-check all PASS, plots drawn."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-
-    matplotlib.use("Agg")
-    namespace: dict = {"__name__": "__main__"}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        for source in notebook_cells(exercise):
-            exec(compile(source, f"<{exercise} notebook>", "exec"), namespace)  # noqa: S102 - our own notebook
-            if "raise NotImplementedError" in source:            # a stub cell: swap in the reference
-                for fn in re.findall(r"^def (\w+)\(", source, flags=re.M):
-                    namespace[fn] = getattr(REFERENCES[exercise], fn)
-    printed = out.getvalue()
-    figures = len(plt.get_fignums())
-    plt.close("all")
-    assert "FAIL" not in printed and re.search(rf"{exercise}: (\d+)/\1 points", printed), printed
-    assert figures >= 1, "the closing experiment drew no figure"

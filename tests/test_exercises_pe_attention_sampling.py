@@ -1,82 +1,25 @@
 """Exercises 01-03 (positional_encoding, attention, sampling): the graders themselves are under test.
 
-The reference solutions score full marks, the notebooks' stubs score 0, every mutant (one plausible bug) loses
-points, every correct alternative scores full marks, a verdict is the same 20 times in a row, and the notebooks'
-code runs with the reference functions in place of the stubs.
+Every mutant (one plausible bug) loses points, every correct alternative scores full marks, and a verdict is the same
+20 times in a row. What holds for every exercise (references, stubs, notebooks) is in test_exercises.py.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import inspect
-import io
-import re
 
 import pytest
 
-from grader.extract import load_namespace
-from grader.runner import grade
-from grader.submission import InProcessSubmission
-from llmstudy.exercises import by_id
-from mutants.pe_attention_sampling import ALTERNATIVES, MUTANTS, REFERENCES
+from exercise_helpers import failures, params, reference_namespace, run
+from mutants.pe_attention_sampling import ALTERNATIVES, MUTANTS
 
 EXERCISES = ("positional_encoding", "attention", "sampling")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run(exercise: str, namespace: dict, public_only: bool = False):
-    return grade(exercise, InProcessSubmission(namespace, exercise), public_only=public_only)
-
-
-def failures(result) -> str:
-    return "; ".join(f"{t.name}: {t.message}" for t in result.tests if not t.passed)
-
-
-def reference_namespace(exercise: str) -> dict:
-    return {k: v for k, v in vars(REFERENCES[exercise]).items() if not k.startswith("__")}
-
-
-def params(table: dict[str, dict[str, dict]]):
-    return [pytest.param(ex, name, ns, id=f"{ex}/{name}") for ex, named in table.items() for name, ns in named.items()]
-
-
 @functools.cache
 def reference_result(exercise: str):
     return run(exercise, reference_namespace(exercise))
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_reference_scores_full_marks(exercise):
-    result = reference_result(exercise)
-    assert result.max_score > 0 and result.score == result.max_score, failures(result)
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_public_tests_are_a_proper_subset(exercise):
-    everything = {t.name for t in reference_result(exercise).tests}
-    public = {t.name for t in run(exercise, reference_namespace(exercise), public_only=True).tests}
-    assert public and public < everything
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_notebook_stubs_score_zero(exercise):
-    namespace = load_namespace(by_id(exercise).notebook_path)
-    for fn in by_id(exercise).functions:
-        assert callable(namespace.get(fn)), f"the notebook does not define {fn}()"
-    result = run(exercise, namespace)
-    assert result.score == 0 and result.max_score > 0, [t.name for t in result.tests if t.passed]
-    assert all("NotImplementedError" in t.message for t in result.tests), failures(result)
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_notebook_signatures_match_the_reference(exercise):
-    namespace = load_namespace(by_id(exercise).notebook_path)
-    for fn in by_id(exercise).functions:
-        stub, ref = inspect.signature(namespace[fn]), inspect.signature(getattr(REFERENCES[exercise], fn))
-        assert [(p.name, p.default) for p in stub.parameters.values()] == \
-               [(p.name, p.default) for p in ref.parameters.values()], fn
-        assert inspect.getdoc(namespace[fn]), f"the stub of {fn} has no docstring"
 
 
 def test_every_exercise_has_8_mutants_and_2_alternatives():
@@ -136,33 +79,3 @@ def test_minilm_is_restored_after_the_learner_crashes(minilm):
     assert all("forward" not in layer.attention.__dict__ for layer in model.encoder.layer)
     with torch.no_grad():
         assert torch.equal(model(**batch).last_hidden_state, before)
-
-
-def notebook_cells(exercise: str) -> list[str]:
-    import nbformat
-
-    notebook = nbformat.read(by_id(exercise).notebook_path, as_version=4)
-    return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
-
-
-@pytest.mark.parametrize("exercise", EXERCISES)
-def test_notebook_runs_with_the_reference(exercise, smollm2, minilm):
-    """Every code cell runs, in order, with the stubs replaced by the reference: self-check all PASS, plots drawn."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-
-    matplotlib.use("Agg")
-    namespace: dict = {"__name__": "__main__"}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        for source in notebook_cells(exercise):
-            exec(compile(source, f"<{exercise} notebook>", "exec"), namespace)  # noqa: S102 - our own notebook
-            if "raise NotImplementedError" in source:            # a stub cell: swap in the reference
-                for fn in re.findall(r"^def (\w+)\(", source, flags=re.M):
-                    namespace[fn] = getattr(REFERENCES[exercise], fn)
-    printed = out.getvalue()
-    figures = len(plt.get_fignums())
-    plt.close("all")
-    assert "FAIL" not in printed and re.search(rf"{exercise}: (\d+)/\1 points", printed), printed
-    assert figures >= 1, "the closing experiment drew no figure"
-
