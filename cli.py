@@ -6,6 +6,7 @@ Start-up stays fast: torch and transformers are imported inside the commands tha
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -48,8 +49,6 @@ def models():
 @click.pass_context
 def demo(ctx, out_dir, workers, device):
     """The newcomer's tour: export the deck, grade the bundled example class, print a summary."""
-    from pathlib import Path
-
     from grader.sandbox import isolation_problem
     from llmstudy.exercises import ROOT
 
@@ -75,9 +74,7 @@ def demo(ctx, out_dir, workers, device):
                "`llmstudy review` drills the cards in the terminal")
 
 
-# --- cards (issue: Anki deck) --------------------------------------------------------------------------------------
-# CARDS-COMMANDS
-from pathlib import Path  # noqa: E402  (imported here: each helper edits only its own section of this file)
+# --- cards: the bilingual Anki deck -----------------------------------------------------------------------------------
 
 
 @main.group()
@@ -139,8 +136,7 @@ def cards_list(concepts_dir):
     click.echo(f"{len(concepts)} concepts in {len({c.section for c in concepts})} sections.")
 
 
-# --- review (issue: FSRS in the terminal) --------------------------------------------------------------------------
-# REVIEW-COMMANDS
+# --- review: FSRS in the terminal -------------------------------------------------------------------------------------
 @main.command()
 @click.option("--lang", type=click.Choice(["ja", "en", "both"]), default="both", show_default=True,
               help="Language of the cards.")
@@ -157,8 +153,6 @@ def cards_list(concepts_dir):
 @click.option("--now", "now_text", default=None, hidden=True, help="Fixed ISO time with offset, for tests.")
 def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text):
     """Review the deck's concepts in the terminal, scheduled by FSRS (Enter reveals, 1-4 rates, q quits)."""
-    from pathlib import Path
-
     from rich.console import Console
 
     from cards import review as rv
@@ -192,8 +186,7 @@ def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text)
         raise UserError(str(err))
 
 
-# --- check and grade (issue: sandboxed batch grader) ---------------------------------------------------------------
-# GRADE-COMMANDS
+# --- check and grade: self-check, sandboxed batch grading -------------------------------------------------------------
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--show-code", is_flag=True, help="Print exactly the code that grading runs from FILE, and stop.")
@@ -245,8 +238,6 @@ def check(file, show_code, device):
 def grade(submissions, out, csv_path, gradescope, feedback, workers, device, timeout, allow_unsandboxed,
           nbgrader_course, assignment):
     """Grade a class: SUBMISSIONS/<student>/<exercise>.ipynb (or .py), sandboxed and in parallel."""
-    from pathlib import Path
-
     from rich.console import Console
 
     from grader.sandbox import SandboxUnavailable
@@ -296,7 +287,7 @@ def _write_grading_outputs(results, out, csv_path, gradescope, feedback, console
         sys.exit(2)
 
 
-# NBGRADER-COMMANDS (nbgrader course creation; `llmstudy grade --nbgrader` writes the gradebook)
+# --- nbgrader: course creation (`llmstudy grade --nbgrader` writes the gradebook) -------------------------------------
 @main.group()
 def nbgrader():
     """Use llmstudy's exercises and sandboxed grader with an nbgrader course."""
@@ -330,8 +321,6 @@ def nbgrader_init(course, assignment, course_id, exercise_ids, force):
 
 def _grade_nbgrader_course(course, assignment, submissions, options, console) -> dict:
     """`llmstudy grade --nbgrader COURSE --assignment NAME`: sandboxed grading, then the scores into the gradebook."""
-    from pathlib import Path
-
     from grader import nbgrader as nbg
 
     if submissions is not None:
