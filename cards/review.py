@@ -321,8 +321,16 @@ def run_session(store: Store, concepts: dict[str, Concept], scheduler: Scheduler
                 console: Console, *, lang: str = "both", limit: int | None = None,
                 new_per_day: int = DEFAULT_NEW_PER_DAY, read: Callable[[str], str | None] = ask) -> SessionResult:
     """Show due cards one at a time until none is left, `limit` ratings are given, or the learner quits.
-    Every rating is saved as it is given."""
+    Every rating is saved as it is given; Ctrl-C anywhere (not only at a prompt) ends the session cleanly."""
     ratings: list[Rating] = []
+    try:
+        return _session_loop(store, concepts, scheduler, now, console, ratings, lang, limit, new_per_day, read)
+    except KeyboardInterrupt:
+        return SessionResult(tuple(ratings), stopped=True)
+
+
+def _session_loop(store, concepts, scheduler, now, console, ratings: list[Rating], lang, limit, new_per_day,
+                  read) -> SessionResult:
     while limit is None or len(ratings) < limit:
         moment = now()
         card = next_card(store.cards(), moment, new_left_today(store, moment, new_per_day))
