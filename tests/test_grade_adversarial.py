@@ -28,6 +28,11 @@ pytestmark = pytest.mark.skipif(isolation_problem() is not None,
                                 reason=f"sandbox unavailable here: {isolation_problem()}")
 
 
+
+def submitted_files(case: Path):
+    """A case's submission files, whatever else a run left in its folder (e.g. __pycache__)."""
+    return (p for p in sorted(case.iterdir()) if p.is_file() and p.suffix in (".py", ".ipynb"))
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     """Materialise the class, grade it once with the CLI, and return what the checks need."""
@@ -40,7 +45,7 @@ def graded(tmp_path_factory):
     values = {"{{ROOT}}": str(ROOT), "{{PORT}}": str(listener.getsockname()[1]), "{{TOKEN}}": token,
               "{{MARKER}}": str(marker), "{{SUBMISSIONS}}": str(submissions), "{{OUT}}": str(out)}
     for case in sorted(p for p in HERE.iterdir() if p.is_dir()):
-        for src in case.iterdir():
+        for src in submitted_files(case):
             text = src.read_text()
             for key, value in values.items():
                 text = text.replace(key, value)
@@ -285,7 +290,7 @@ def test_without_the_sandbox_the_same_attack_succeeds(tmp_path, monkeypatch):
     monkeypatch.setattr(grader.sandbox, "isolation_problem", lambda: "switched off by this test")
     entries = []
     for case in ("correct", "read_solutions"):
-        src = next((HERE / case).iterdir())
+        src = next(submitted_files(HERE / case))
         (tmp_path / case).mkdir()
         (tmp_path / case / src.name).write_text(src.read_text().replace("{{ROOT}}", str(ROOT)))
         entries.append((case, "positional_encoding", tmp_path / case / src.name))
