@@ -28,10 +28,10 @@ pytestmark = pytest.mark.skipif(isolation_problem() is not None,
                                 reason=f"sandbox unavailable here: {isolation_problem()}")
 
 
-
 def submitted_files(case: Path):
     """A case's submission files, whatever else a run left in its folder (e.g. __pycache__)."""
     return (p for p in sorted(case.iterdir()) if p.is_file() and p.suffix in (".py", ".ipynb"))
+
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
