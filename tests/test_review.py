@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import platform
 import select
 import signal
 import sqlite3
@@ -203,6 +204,25 @@ def _read_until(fd: int, marker: bytes, seen: bytearray, timeout: float = 30.0) 
         seen += chunk
 
 
+def _wait_until_blocked_reading_stdin(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the child sleeps in read(0, ...). CPython loses a SIGINT that lands between printing input()'s
+    prompt and entering read(): its handler runs, but read() then blocks without ever checking the flag (measured:
+    about 1 run in 6 while other tests loaded the machine). A person's Ctrl-C never hits that microsecond window."""
+    read_syscall = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                fields = f.read().split()
+        except OSError:                 # no /proc/PID/syscall here: give the child a moment instead
+            time.sleep(0.5)
+            return
+        if read_syscall is None or fields[:2] == [read_syscall, "0x0"]:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the review command never waited for input")
+
+
 def _wait_or_kill(pid: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -236,6 +256,7 @@ def test_real_ctrl_c_in_a_terminal_then_restart_with_the_real_deck(tmp_path):
             seen.clear()
             os.write(fd, keys)
         _read_until(fd, b"Enter: show the answer", seen)
+        _wait_until_blocked_reading_stdin(pid)
         os.write(fd, b"\x03")                   # Ctrl-C: the terminal sends SIGINT
         _read_until(fd, b"Stopped", seen)
     finally:
