@@ -8,6 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXERCISES_DIR = ROOT / "exercises"
 SOLUTIONS_DIR = ROOT / "solutions"
 GRADER_TESTS_DIR = ROOT / "grader" / "tests"
+# A learner's release (`llmstudy release`) has no grader/tests/: only the public tests, in the learner package.
+PUBLIC_TESTS_DIR = Path(__file__).resolve().parent / "public_tests"
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class Exercise:
 
     @property
     def grader_path(self) -> Path:
-        return GRADER_TESTS_DIR / f"test_{self.id}.py"
+        """The hidden graders; in a learner's release, which has none, the public tests it ships instead."""
+        hidden = GRADER_TESTS_DIR / f"test_{self.id}.py"
+        return hidden if hidden.exists() else PUBLIC_TESTS_DIR / f"test_{self.id}.py"
 
 
 EXERCISES: tuple[Exercise, ...] = (
