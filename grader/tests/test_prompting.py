@@ -33,6 +33,16 @@ def dialogue(i: int) -> str:
 
 EXAMPLES = [pair(0), pair(1), pair(2)]
 
+# The public tests' oracle: the templates exactly as exercises/05_prompting.ipynb states them, written out here so
+# that a learner's self-check runs without solutions/ (tests/test_release.py checks that it agrees with solutions/).
+INSTRUCTION, ANSWER_CUE, EXAMPLE_SEPARATOR = "Summarize the following conversation.", "Summary:", "\n\n\n"
+
+
+def documented_prompt(examples, new_dialogue: str) -> str:
+    """The notebook's formula: example(d, s) for each pair, then zero_shot_prompt(new_dialogue), by EXAMPLE_SEPARATOR."""
+    parts = [INSTRUCTION + "\n\n" + d + "\n\n" + ANSWER_CUE + " " + s for d, s in examples]
+    return EXAMPLE_SEPARATOR.join(parts + [INSTRUCTION + "\n\n" + new_dialogue + "\n\n" + ANSWER_CUE])
+
 
 def n_tokens(tokenizer_name: str, prompt: str) -> int:
     """Tokens of the assembled prompt as the model sees it, special tokens included."""
@@ -55,7 +65,7 @@ def check_text(got, want: str, call: str) -> None:
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_zero_shot_prompt_follows_the_template(submission):
-    check_text(submission.zero_shot_prompt(dialogue(3)), ref.zero_shot_prompt(dialogue(3)), "zero_shot_prompt(dialogue)")
+    check_text(submission.zero_shot_prompt(dialogue(3)), documented_prompt([], dialogue(3)), "zero_shot_prompt(dialogue)")
 
 
 @pytest.mark.public
@@ -64,10 +74,10 @@ def test_one_shot_prompt_has_exactly_one_solved_example(submission):
     call = "few_shot_prompt([(dialogue_1, summary_1)], dialogue)"
     got = submission.few_shot_prompt([pair(0)], dialogue(3))
     if isinstance(got, str):
-        cues = got.count(ref.ANSWER_CUE)
-        assert cues == 2, f"{call} contains {cues} answer cues {ref.ANSWER_CUE!r}; one-shot means one solved " \
+        cues = got.count(ANSWER_CUE)
+        assert cues == 2, f"{call} contains {cues} answer cues {ANSWER_CUE!r}; one-shot means one solved " \
                           "example plus the new dialogue, so 2"
-    check_text(got, ref.few_shot_prompt([pair(0)], dialogue(3)), call)
+    check_text(got, documented_prompt([pair(0)], dialogue(3)), call)
 
 
 @pytest.mark.public
@@ -79,7 +89,7 @@ def test_few_shot_prompt_keeps_the_examples_in_order(submission):
         where = [got.find(s) for _, s in EXAMPLES]
         assert -1 not in where, f"{call} is missing example summary {where.index(-1) + 1}"
         assert where == sorted(where), f"{call} puts the examples in another order than given; keep their order"
-    check_text(got, ref.few_shot_prompt(EXAMPLES, dialogue(3)), call)
+    check_text(got, documented_prompt(EXAMPLES, dialogue(3)), call)
 
 
 @pytest.mark.points(1)
@@ -108,7 +118,7 @@ def check_fit(submission, tokenizer_name: str, examples, new_dialogue: str, max_
     call = describe(tokenizer_name, max_tokens, reserve)
     room = max_tokens - (reserve or 0)
     fits = [k for k in range(len(examples) + 1)
-            if n_tokens(tokenizer_name, ref.few_shot_prompt(examples[:k], new_dialogue)) <= room]
+            if n_tokens(tokenizer_name, documented_prompt(examples[:k], new_dialogue)) <= room]
     want_k = max(fits)
     result = fit(submission, tokenizer_name, examples, new_dialogue, max_tokens, reserve)
     if "raised" in result:
@@ -120,21 +130,21 @@ def check_fit(submission, tokenizer_name: str, examples, new_dialogue: str, max_
     prompt, k = got
     assert isinstance(prompt, str) and type(k) is int, f"{call} must return (prompt: str, k: int)"
     assert 0 <= k <= len(examples), f"{call} returned k={k} for {len(examples)} examples"
-    check_text(prompt, ref.few_shot_prompt(examples[:k], new_dialogue),
+    check_text(prompt, documented_prompt(examples[:k], new_dialogue),
                f"{call}: the returned prompt, which should be few_shot_prompt(examples[:{k}], dialogue),")
     used = n_tokens(tokenizer_name, prompt)
     assert used <= room, (f"{call} returned k={k}, but that prompt has {used} tokens as the tokenizer counts the "
                           f"whole prompt (special tokens included); with {reserve or 0} reserved for new tokens the "
                           f"budget leaves {room}")
     assert k == want_k, (f"{call} returned k={k}, but k={want_k} also fits: its prompt has "
-                         f"{n_tokens(tokenizer_name, ref.few_shot_prompt(examples[:want_k], new_dialogue))} tokens "
+                         f"{n_tokens(tokenizer_name, documented_prompt(examples[:want_k], new_dialogue))} tokens "
                          f"and {room} are left after the reserve; use the longest prefix that fits")
 
 
 def budget(tokenizer_name: str, k: int, examples=None, new_dialogue: str | None = None) -> int:
     """Exact token count of the k-shot prompt: the budget at which it just fits."""
     examples = EXAMPLES if examples is None else examples
-    return n_tokens(tokenizer_name, ref.few_shot_prompt(examples[:k], new_dialogue or dialogue(3)))
+    return n_tokens(tokenizer_name, documented_prompt(examples[:k], new_dialogue or dialogue(3)))
 
 
 @pytest.mark.public
