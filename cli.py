@@ -345,5 +345,28 @@ def _grade_nbgrader_course(course, assignment, submissions, options, console) ->
     return results
 
 
+# --- lab and release: what learners open, and what they are handed ----------------------------------------------------
+from llmstudy.learner_cli import lab  # noqa: E402 - the learner's own command, the same in a release
+
+main.add_command(lab)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--notebooks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Take the notebooks from this folder instead of exercises/, e.g. COURSE/release/week1 written by "
+                   "nbgrader generate_assignment.")
+def release(out, notebooks):
+    """Build OUT for learners: the notebooks, the public tests and a package to self-check; never the answers."""
+    from llmstudy import release as rel
+
+    try:
+        built = rel.build(out, notebooks)
+    except rel.ReleaseError as exc:
+        raise UserError(str(exc)) from None
+    for line in built.lines():
+        click.echo(line)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -52,6 +52,31 @@ class Release:
     left_out_modules: list[str] = field(default_factory=list)
     dependencies: list[str] = field(default_factory=list)
 
+    def lines(self) -> list[str]:
+        """The instructor's summary: what was written, what was left out, how to hand it out."""
+        public = sum(map(len, self.public_tests.values()))
+        hidden = sum(map(len, self.hidden_tests.values()))
+        solutions = len(list((ROOT / "solutions").glob("*.py")))
+        name = self.out.name
+        return [
+            f"wrote {self.out}/",
+            f"  exercises/: {len(self.notebooks)} notebooks with stubs, and data/",
+            f"  {PUBLIC_TESTS}/: {public} public tests ({', '.join(f'{k} {len(v)}' for k, v in self.public_tests.items())})",
+            f"  the learner package (pyproject.toml, `llmstudy check`, `llmstudy lab`): {', '.join(self.modules)}",
+            f"  README.md and Makefile: `make setup`, then `make lab`",
+            "left out",
+            f"  solutions/ ({solutions} files), grader/tests/: the {hidden} hidden tests, their names and expected values "
+            f"(checked: none of them is in the folder)",
+            f"  instructor-only code: {', '.join(self.left_out_modules) or '-'}; cards/, examples/, bench/, tests/",
+            "hand it out as",
+            f"  a zip:       cd {self.out.parent} && zip -r {name}.zip {name} -x '{name}/.venv/*'",
+            f"  a git repo:  cd {self.out} && git init && git add . && git commit -m 'week 1' "
+            "(then push where learners can clone it)",
+            "  an LMS:      upload the zip; learners unzip it and run `make setup`, then `make lab`",
+            "  for an nbgrader course, build it from the student notebooks instead: "
+            "llmstudy release OUT --notebooks COURSE/release/<assignment>",
+        ]
+
 
 # --- 1. public tests, cut from the graders by AST -----------------------------------------------------------------
 def _is_test(node: ast.stmt) -> bool:
@@ -527,6 +552,7 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
         shutil.copyfile(path, out / "exercises" / ex.notebook)
         release.notebooks.append(f"exercises/{ex.notebook}")
     shutil.copytree(ROOT / "exercises" / "data", out / "exercises" / "data")
+    (out / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n", encoding="utf-8")
     (out / "pyproject.toml").write_text(_pyproject(release.dependencies), encoding="utf-8")
     (out / "Makefile").write_text(LEARNER_MAKEFILE.format(torch=torch, wheels=" ".join(wheels)), encoding="utf-8")
     (out / "README.md").write_text(LEARNER_README.format(torch=torch, wheels=" ".join(wheels),
@@ -534,8 +560,8 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
 
     shipped_modules = set(release.modules)
     release.left_out_modules = sorted(str(p.relative_to(ROOT)) for folder in ("llmstudy", "grader")
-                                      for p in (ROOT / folder).rglob("*.py")
-                                      if str(p.relative_to(ROOT)) not in shipped_modules)
+                                      for p in (ROOT / folder).rglob("*.py") if "tests" not in p.parts
+                                      and str(p.relative_to(ROOT)) not in shipped_modules)
     hidden_names = {name for names in release.hidden_tests.values() for name in names}
     values = set().union(*(hidden_values(cut) for cut in cuts.values()))
     leaks = find_leaks(out, hidden_names, values)
