@@ -1,183 +1,78 @@
-"""Grade a whole class: SUBMISSIONS/<student>/<exercise file> -> the results.json structure.
+"""Grade a whole class: SUBMISSIONS/<student>/<exercise file> -> grader.results.ClassResult.
 
-    results = grade_class(Path("submissions"), workers=8, device="cpu")
-    results = grade_entries([("ana", "attention", Path("ana/02_attention.ipynb")), ("bo", "attention", None)])
+    results = grade_class(Path("submissions"), workers=8)                          # a LocalCluster here
+    results = grade_class(Path("submissions"), scheduler="tcp://10.0.0.5:8786")    # an existing Dask cluster
+    results = grade_entries([("ana", "attention", Path("ana/02_attention.ipynb")), ("bo", "attention", None)],
+                            journal=Path("results.journal.jsonl"), resume=True)
 
-Each entry is graded in a pool worker (grader.pool) that owns a pre-loaded sandbox zygote (grader.sandbox): the
-hidden tests run in the worker, the learner's code in a fresh isolated child. Every entry gets a record whatever its
-code does; statuses: graded | missing | error | timeout.
+Each submitted file is one Dask task (grader.cluster): its bytes go to a worker, the hidden tests run there against
+the learner's code in a fresh sandboxed child, and an ExerciseResult comes back. Every entry gets exactly one record
+whatever its code does (statuses in grader.results). The cluster starts while the class is read.
+
+With a journal, each record is appended as one flushed JSON line the moment it arrives; with resume=True the
+records already there for unchanged files are kept and only the rest is graded. The class is assembled in entry
+order, so it is the same, byte for byte once serialised, however and in whatever order its records arrived.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 
+from grader.cluster import ALLOWED_FAILURES, ClusterUnavailable, Settings, Task
+from grader.results import ClassResult, ExerciseResult, StudentResult
 from llmstudy.exercises import EXERCISES, by_id
 
 MAX_FILE_BYTES = 20 << 20     # a notebook with outputs is rarely over a few MB
-INTERNAL = "internal grader error: "
+Entry = tuple  # (student, exercise id, submitted file or None)
 
 
-@dataclass(frozen=True)
-class Settings:
-    device: str = "cpu"
-    sandboxed: bool = True
-    timeout: float = 20.0                 # per call into the learner's code
-    budget: float = 200.0                 # all calls of one submission together
-    hide: tuple[str, ...] = ()            # more paths the learner's code must not see (outputs, course sources)
-    preload: tuple[str, ...] = ("smollm2", "minilm")
+class JournalMismatch(ValueError):
+    """--resume with a journal written for other grading options; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class Task:
-    index: int
-    student: str
-    exercise: str
-    file: str | None
-    max_score: float
+# --- reading the class --------------------------------------------------------------------------------------------
+def find_submissions(submissions_dir: Path, exercises=None) -> list[Entry]:
+    """(student, exercise id, file or None) for every student folder and exercise; a notebook wins over a .py."""
+    submissions_dir = Path(submissions_dir)
+    if not submissions_dir.is_dir():
+        raise FileNotFoundError(f"{submissions_dir} is not a folder; expected SUBMISSIONS/<student>/<file>")
+    exercises = exercises or graded_exercises()
+    entries = []
+    for student in sorted(p for p in submissions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for ex in exercises:
+            found = [student / f"{ex.stem}{suffix}" for suffix in (".ipynb", ".py")]
+            found = [p for p in found if p.is_file()]
+            entries.append((student.name, ex.id, found[0] if found else None))
+    return entries
 
 
-@dataclass
-class _WorkerState:
-    settings: Settings
-    worker: object = None
-    counts: dict = field(default_factory=dict)
+def graded_exercises():
+    """Exercises whose hidden graders exist."""
+    return tuple(ex for ex in EXERCISES if ex.grader_path.exists())
 
 
-_STATE: _WorkerState | None = None
-
-
-# --- in a pool worker ---------------------------------------------------------------------------------------------
-def worker_setup(settings: Settings) -> None:
-    """Start this worker's sandbox zygote (it loads torch and the models in the background) and meanwhile
-    import what the hidden graders use, so the first submission doesn't pay for it."""
-    global _STATE
-    import atexit
-    import importlib
-
-    _STATE = _WorkerState(settings)
-    _sandbox_worker(wait=False)
-    atexit.register(_close_sandbox_worker)    # the zygote reaps its children before this worker exits
-    import torch
-    torch.set_num_threads(1)     # one worker per core; the graders' bit-exact comparisons also want one thread
-    import transformers  # noqa: F401
-
-    from grader import runner  # noqa: F401
-    for ex in graded_exercises():
-        importlib.import_module(f"solutions.{ex.id}")
-
-
-def _sandbox_worker(restart: bool = False, wait: bool = True):
-    from grader.sandbox import Limits, SandboxWorker
-    state = _STATE
-    if state.worker is not None and (restart or not state.worker.alive()):
-        state.worker.close()
-        state.worker = None
-    if state.worker is None:
-        s = state.settings
-        limits = Limits(call_timeout=s.timeout, budget=s.budget, cpu_seconds=int(s.budget) + 60)
-        state.worker = SandboxWorker(device=s.device, sandboxed=s.sandboxed, limits=limits, preload=s.preload,
-                                     hide=s.hide, wait=wait)
-    return state.worker
-
-
-def _close_sandbox_worker() -> None:
-    if _STATE is not None and _STATE.worker is not None:
-        _STATE.worker.close()
-        _STATE.worker = None
-
-
-def _record(task: Task, status: str, message: str, score: float = 0.0, tests: list | None = None) -> dict:
-    return {"exercise": task.exercise, "file": Path(task.file).name if task.file else "", "status": status,
-            "score": score, "max_score": task.max_score, "message": message, "tests": tests or []}
-
-
-def read_source(path: Path) -> str:
-    """What will run from a submitted file (grader.extract), or SubmissionError with a message for the learner."""
-    from grader.extract import SubmissionError, extract
+def read_submission(path: Path) -> bytes:
+    """A submitted file's bytes, or SubmissionError with a message for the learner (checked before any task)."""
+    from grader.extract import SubmissionError
     if path.is_symlink() or path.parent.is_symlink():
         raise SubmissionError(f"{path.name} is a symbolic link (or in a linked folder); submit the file itself")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise SubmissionError(f"{path.name} is {size >> 20} MB; clear the notebook's outputs and submit again")
-    try:
-        return extract(path)
-    except SubmissionError:
-        raise
-    except (RecursionError, MemoryError, ValueError, OSError) as exc:
-        raise SubmissionError(f"{path.name} could not be read as Python ({type(exc).__name__}); "
-                              "simplify deeply nested code") from None
+    return path.read_bytes()
 
 
-def grade_task(task: Task) -> dict:
-    """One entry's record (the `exercises[]` item of results.json). Never raises for anything the learner did."""
-    from grader.extract import SubmissionError
-
-    if task.file is None:
-        ex = by_id(task.exercise)
-        return _record(task, "missing", f"no {ex.stem}.ipynb or {ex.stem}.py was submitted")
-    try:
-        source = read_source(Path(task.file))
-    except (SubmissionError, OSError) as exc:
-        return _record(task, "error", str(exc))
-    from grader.sandbox import SandboxBroken
-    last = ""
-    for attempt in range(2):             # our side broke (zygote died): once more on a fresh zygote
-        try:
-            return _grade_source(task, source, _sandbox_worker(restart=attempt > 0))
-        except SandboxBroken as exc:
-            last = str(exc)
-    return _record(task, "error", INTERNAL + last)
-
-
-def _grade_source(task: Task, source: str, worker) -> dict:
-    from grader import runner
-    from grader.sandbox import SandboxBroken
-    from grader.submission import LearnerError, SubmissionTimeout
-
-    try:
-        sub = worker.open(task.exercise, source, Path(task.file).name)
-    except SubmissionTimeout:
-        return _record(task, "timeout", f"importing your code took longer than {worker.limits.call_timeout:g} s; "
-                                        "move long-running code out of top-level assignments")
-    except LearnerError as exc:
-        return _record(task, "error", str(exc))
-    try:
-        try:
-            result = runner.grade(task.exercise, sub)
-        except RuntimeError as exc:
-            if isinstance(exc, SandboxBroken):
-                raise
-            return _record(task, "error", INTERNAL + str(exc))
-        if sub.broken:
-            raise SandboxBroken(sub.broken)
-    finally:
-        try:
-            sub.close()
-        except SandboxBroken:
-            pass
-    tests = [{"name": t.name, "passed": t.passed, "score": t.score, "max_score": t.max_score, "message": t.message}
-             for t in result.tests]
-    status, notes = "graded", [result.message]
-    if sub.timeouts:
-        notes.append(f"{sub.timeouts} call(s) ran out of time")
-    if sub.deaths:
-        notes.append(f"the process running your code died {sub.deaths} time(s)")
-    if sub.budget_left <= 0:
-        status = "timeout"
-        notes.append(f"grading stopped early: your code used its total time of {worker.limits.budget:g} s")
-    return _record(task, status, "; ".join(notes), score=result.score, tests=tests)
-
-
-# --- in the main process ------------------------------------------------------------------------------------------
 class _PointsCounter:
     def __init__(self):
         self.total = 0.0
 
     def pytest_configure(self, config):
-        config.addinivalue_line("markers", "points(n): points this test is worth")
-        config.addinivalue_line("markers", "public: part of the learner's self-check")
+        for line in ("points(n): points this test is worth", "public: part of the learner's self-check",
+                     "concepts(*ids): the deck concepts a failure of this test points to"):
+            config.addinivalue_line("markers", line)
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
@@ -202,7 +97,8 @@ def exercise_max_score(exercise_id: str) -> float:
 
 
 def sandbox_mode(allow_unsandboxed: bool, warn=print) -> bool:
-    """True if learner code will be isolated; SandboxUnavailable if it can't be and that wasn't allowed."""
+    """True if learner code will be isolated on this machine; SandboxUnavailable if it can't be and that wasn't
+    allowed."""
     from grader.sandbox import SandboxUnavailable, isolation_problem
     problem = isolation_problem()
     if problem is None:
@@ -217,78 +113,205 @@ def sandbox_mode(allow_unsandboxed: bool, warn=print) -> bool:
     return False
 
 
-def find_submissions(submissions_dir: Path, exercises=None) -> list[tuple[str, str, Path | None]]:
-    """(student, exercise id, file or None) for every student folder and exercise; a notebook wins over a .py."""
-    submissions_dir = Path(submissions_dir)
-    if not submissions_dir.is_dir():
-        raise FileNotFoundError(f"{submissions_dir} is not a folder; expected SUBMISSIONS/<student>/<file>")
-    exercises = exercises or graded_exercises()
-    entries = []
-    for student in sorted(p for p in submissions_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for ex in exercises:
-            found = [student / f"{ex.stem}{suffix}" for suffix in (".ipynb", ".py")]
-            found = [p for p in found if p.is_file()]
-            entries.append((student.name, ex.id, found[0] if found else None))
-    return entries
+# --- the journal: nothing lost when the grader stops --------------------------------------------------------------
+def journal_path(out: Path) -> Path:
+    """The journal beside results.json: results.journal.jsonl."""
+    out = Path(out)
+    return out.with_name(out.stem + ".journal.jsonl")
 
 
-def graded_exercises():
-    """Exercises whose hidden graders exist."""
-    return tuple(ex for ex in EXERCISES if ex.grader_path.exists())
+class Journal:
+    """JSON lines: a header with the options that change scores, then one record per graded file, as it arrives.
+
+    {"journal": "llmstudy grade", "options": {...}}
+    {"student": "ana", "exercise": "attention", "sha256": "...", "result": {...ExerciseResult...}}"""
+
+    def __init__(self, path: Path, options: dict, resume: bool):
+        self.path = Path(path)
+        self.kept: dict[tuple[str, str], tuple[str, ExerciseResult]] = {}
+        if resume and self.path.exists():
+            self.kept = self._read(options)
+            self._file = self.path.open("a", encoding="utf-8")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8")
+            self._append({"journal": "llmstudy grade", "options": options})
+        self._lock = threading.Lock()
+
+    def _read(self, options: dict) -> dict:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        header = json.loads(lines[0]) if lines else {}
+        if header.get("options") != options:
+            raise JournalMismatch(f"{self.path} was written with other options ({header.get('options')}, now "
+                                  f"{options}); rerun with the same options, or without --resume to start over")
+        kept = {}
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue      # the grader was killed while writing this line; its file is graded again
+            kept[(row["student"], row["exercise"])] = (row["sha256"], ExerciseResult.from_dict(row["result"]))
+        return kept
+
+    def resumed(self, student: str, exercise: str, sha256: str) -> ExerciseResult | None:
+        digest, result = self.kept.get((student, exercise), (None, None))
+        return result if digest == sha256 else None
+
+    def write(self, student: str, exercise: str, sha256: str, result: ExerciseResult) -> None:
+        with self._lock:
+            self._append({"student": student, "exercise": exercise, "sha256": sha256, "result": result.to_dict()})
+
+    def _append(self, row: dict) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
 
 
-def grade_class(submissions_dir: Path, workers: int | None = None, device: str = "cpu", progress=True,
-                allow_unsandboxed: bool = False, **options) -> dict:
-    """Grade SUBMISSIONS/<student>/<file> for every student and exercise; the results.json structure."""
+# --- grading ------------------------------------------------------------------------------------------------------
+def grade_class(submissions_dir: Path, **options) -> ClassResult:
+    """Grade SUBMISSIONS/<student>/<file> for every student and exercise (options: see grade_entries)."""
     submissions_dir = Path(submissions_dir)
     options["hide"] = tuple(options.get("hide", ())) + (str(submissions_dir.resolve()),)
-    return grade_entries(find_submissions(submissions_dir), workers=workers, device=device, progress=progress,
-                         allow_unsandboxed=allow_unsandboxed, **options)
+    return grade_entries(find_submissions(submissions_dir), **options)
 
 
-def grade_entries(entries: list[tuple[str, str, Path | None]], workers: int | None = None, device: str = "cpu",
-                  progress=True, allow_unsandboxed: bool = False, timeout: float = 20.0,
-                  budget: float | None = None, hide: tuple[str, ...] = (), console=None, pool=None) -> dict:
-    """Grade (student, exercise id, file or None) entries; the results.json structure, students in entry order.
+def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: str | None = None,
+                  device: str = "cpu", progress=True, allow_unsandboxed: bool = False, timeout: float = 20.0,
+                  budget: float | None = None, hide: tuple[str, ...] = (), console=None,
+                  journal: Path | None = None, resume: bool = False) -> ClassResult:
+    """Grade (student, exercise id, file or None) entries; students in entry order.
 
-    timeout: seconds per call into learner code; budget: seconds for all of one submission's calls (default
-    10 x timeout); hide: more paths the learner's code must not see (the submissions' folders always are)."""
-    from llmstudy.models import resolve_device
-
-    from grader.pool import LocalPool
+    workers: processes of the LocalCluster started here (default: one per core), or scheduler: the address of an
+    existing Dask cluster (tcp://HOST:8786). timeout: seconds per call into learner code; budget: seconds for all
+    of one submission's calls (default 10 x timeout); hide: more paths the learner's code must not see (the
+    submissions' folders always are). journal: a JSON-lines file that gets each record as it arrives; resume:
+    keep the records already in it and grade only what is missing."""
     warn = console.print if console is not None else print
-    sandboxed = sandbox_mode(allow_unsandboxed, warn)
-    device = resolve_device(device)
-    max_scores = {ex_id: exercise_max_score(ex_id) for ex_id in dict.fromkeys(e[1] for e in entries)}
-    tasks = [Task(i, student, ex_id, os.path.abspath(f) if f is not None else None, max_scores[ex_id])
-             for i, (student, ex_id, f) in enumerate(entries)]
-    hidden = set(hide) | {str(Path(t.file).parent) for t in tasks if t.file}
-    settings = Settings(device=device, sandboxed=sandboxed, timeout=timeout, budget=budget or 10 * timeout,
-                        hide=tuple(sorted(hidden)))
-    records: dict[int, dict] = {}
-    to_run = []
-    for task in tasks:
-        if task.file is None:
-            records[task.index] = grade_task(task)
-        else:
-            to_run.append(task)
-    if to_run:
-        workers = max(1, min(workers or os.cpu_count() or 1, len(to_run)))
-        own_pool = pool is None
-        pool = pool or LocalPool(workers, setup=worker_setup, setup_args=(settings,))
+    if scheduler is None:
+        from llmstudy.models import resolve_device
+        sandboxed = sandbox_mode(allow_unsandboxed, warn)     # refuse here, in one line, before starting anything
+        device = resolve_device(device)
+    else:
+        sandboxed = True                                       # each remote worker checks for itself
+    hidden = set(hide) | {str(Path(f).resolve().parent) for _, _, f in entries if f is not None}
+    settings = Settings(device=device, sandboxed=sandboxed, allow_unsandboxed=allow_unsandboxed, timeout=timeout,
+                        budget=budget or 10 * timeout, hide=tuple(sorted(hidden)))
+    book = Journal(journal, {"timeout": settings.timeout, "budget": settings.budget}, resume) if journal else None
+    kept = book.kept if book else {}
+    files = [e for e in entries if e[2] is not None]
+    starting = None
+    if any((student, ex_id) not in kept for student, ex_id, _ in files):
+        n = max(1, min(workers or os.cpu_count() or 1, len(files)))
+        starting = _Starting(scheduler, n, settings)      # the cluster starts while the class is read
+
+    try:
+        max_scores = {ex_id: exercise_max_score(ex_id) for ex_id in dict.fromkeys(e[1] for e in entries)}
+        records: dict[int, ExerciseResult] = {}
+        tasks: dict[int, tuple[Task, str]] = {}
+        for i, (student, ex_id, path) in enumerate(entries):
+            record, task, digest = _read_entry(student, ex_id, path, max_scores[ex_id], settings.plugin_name)
+            if task is not None and book and (old := book.resumed(student, ex_id, digest)) is not None:
+                record = old
+            if record is not None:
+                records[i] = record
+            else:
+                tasks[i] = (task, digest)
+        if book and kept:
+            warn(f"resumed: {len(entries) - len(tasks)} of {len(entries)} records from {book.path}; "
+                 f"grading {len(tasks)}")
+        if tasks:
+            client = starting.client()
+            for i, result in _with_progress(_run(client, tasks), len(tasks), progress, console, entries):
+                records[i] = result
+                if book:
+                    task, digest = tasks[i]
+                    book.write(task.student, task.exercise, digest, result)
+    finally:
+        if starting is not None:
+            starting.close()
+        if book:
+            book.close()
+    return assemble(entries, records)
+
+
+def _read_entry(student, ex_id, path, max_score, setup) -> tuple[ExerciseResult | None, Task | None, str]:
+    """(the record, if no worker is needed; else the task; and the file's sha256)."""
+    from grader.extract import SubmissionError
+    if path is None:
+        ex = by_id(ex_id)
+        return ExerciseResult(ex_id, "", "missing", 0.0, max_score,
+                              f"no {ex.stem}.ipynb or {ex.stem}.py was submitted"), None, ""
+    path = Path(path)
+    try:
+        data = read_submission(path)
+    except (SubmissionError, OSError) as exc:
+        return ExerciseResult(ex_id, path.name, "error", 0.0, max_score, str(exc)), None, ""
+    return None, Task(student, ex_id, path.name, data, max_score, setup), hashlib.sha256(data).hexdigest()
+
+
+class _Starting:
+    """Connects to (or starts) the cluster and registers this batch's GradingSetup, in a thread."""
+
+    def __init__(self, scheduler: str | None, workers: int, settings: Settings):
+        self.scheduler, self.settings = scheduler, settings
+        self._client = self._cluster = self._error = None
+        self._thread = threading.Thread(target=self._start, args=(workers,), daemon=True)
+        self._thread.start()
+
+    def _start(self, workers: int) -> None:
+        from grader.cluster import GradingSetup, connect
         try:
-            for task, record in _with_progress(pool.imap_unordered(grade_task, to_run), len(to_run), progress,
-                                               console):
-                if isinstance(record, BaseException):
-                    record = _record(task, "error", INTERNAL + f"{type(record).__name__}: {record}")
-                records[task.index] = record
-        finally:
-            if own_pool:
-                pool.close()
-    return assemble(tasks, records)
+            self._client, self._cluster = connect(self.scheduler, workers)
+            self._client.register_plugin(GradingSetup(self.settings))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+
+    def client(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._client is not None:
+            if self._cluster is None:        # someone else's cluster: let its workers drop our zygotes
+                try:
+                    self._client.unregister_worker_plugin(self.settings.plugin_name)
+                except Exception:  # noqa: BLE001 - the scheduler may be gone; nothing left to release then
+                    pass
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
 
 
-def _with_progress(results, total: int, show: bool, console):
+def _run(client, tasks: dict[int, tuple[Task, str]]):
+    """(entry index, ExerciseResult) as each task finishes, in any order."""
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    from grader.cluster import grade_task
+    futures = {client.submit(grade_task, task, pure=False, key=f"llmstudy-grade-{i}-{os.urandom(4).hex()}"): i
+               for i, (task, _) in tasks.items()}
+    for future in as_completed(futures):
+        i = futures[future]
+        task = tasks[i][0]
+        try:
+            yield i, future.result()
+        except KilledWorker as exc:
+            yield i, ExerciseResult(task.exercise, task.filename, "error", 0.0, task.max_score,
+                                    f"the process grading this file died {ALLOWED_FAILURES + 1} times (the last "
+                                    f"on {exc.last_worker.address}); it may use more memory than a worker has")
+        except Exception as exc:  # noqa: BLE001 - the scheduler or the connection is gone
+            done = sum(f.done() and f.status == "finished" for f in futures)
+            raise ClusterUnavailable(f"lost the Dask cluster ({type(exc).__name__}: {exc}) after {done} of "
+                                     f"{len(futures)} files; rerun with --resume to grade only the rest") from None
+
+
+def _with_progress(results, total: int, show: bool, console, entries):
     if not show:
         yield from results
         return
@@ -297,19 +320,15 @@ def _with_progress(results, total: int, show: bool, console):
                TextColumn("{task.description}"))
     with Progress(*columns, console=console, transient=False) as bar:
         job = bar.add_task("", total=total)
-        for task, record in results:
-            status = record.get("status", "error") if isinstance(record, dict) else "error"
-            bar.update(job, advance=1, description=f"{task.student} / {task.exercise}: {status}")
-            yield task, record
+        for i, result in results:
+            bar.update(job, advance=1, description=f"{entries[i][0]} / {entries[i][1]}: {result.status}")
+            yield i, result
 
 
-def assemble(tasks: list[Task], records: dict[int, dict]) -> dict:
-    """The results.json structure from per-entry records."""
-    students: dict[str, list[dict]] = {}
-    for task in tasks:
-        students.setdefault(task.student, []).append(records[task.index])
-    submissions = [{"student": student, "score": sum(r["score"] for r in recs),
-                    "max_score": sum(r["max_score"] for r in recs), "exercises": recs}
-                   for student, recs in students.items()]
-    per_exercise = {t.exercise: t.max_score for t in tasks}
-    return {"max_score": sum(per_exercise.values()), "submissions": submissions}
+def assemble(entries: list[Entry], records: dict[int, ExerciseResult]) -> ClassResult:
+    """The class from per-entry records, students and their exercises in entry order."""
+    students: dict[str, list[ExerciseResult]] = {}
+    for i, (student, _, _) in enumerate(entries):
+        students.setdefault(student, []).append(records[i])
+    return ClassResult([StudentResult(student, recs) for student, recs in students.items()])
+

@@ -1,43 +1,21 @@
 """Run one exercise's hidden graders (grader/tests/test_<id>.py, pytest) against a Submission; collect points.
 
 Each grader test carries @pytest.mark.points(n) (default 1); tests marked @pytest.mark.public are the learner's
-self-check subset. Messages come from the assertion text or the learner's exception, never from the test's source
-(assertion rewriting is off), so hidden tests stay hidden.
+self-check subset; @pytest.mark.concepts("id", ...) names the deck concepts that a failure points to (the
+feedback page shows them). Results are grader.results types. Messages come from the assertion text or the learner's
+exception, never from the test's source (assertion rewriting is off), so hidden tests stay hidden.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import sys
-from dataclasses import asdict, dataclass, field
 
 import pytest
 
+from grader.results import ExerciseResult, TestResult
 from grader.submission import LearnerError, Submission
 from llmstudy.exercises import by_id
-
-
-@dataclass
-class TestResult:
-    name: str
-    passed: bool
-    score: float
-    max_score: float
-    message: str = ""
-
-
-@dataclass
-class ExerciseResult:
-    exercise: str
-    status: str = "graded"            # graded | missing | error | timeout
-    score: float = 0.0
-    max_score: float = 0.0
-    message: str = ""
-    file: str = ""
-    tests: list[TestResult] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _message(excinfo) -> str:
@@ -60,6 +38,7 @@ class _Collector:
     def pytest_configure(self, config):
         config.addinivalue_line("markers", "points(n): points this test is worth")
         config.addinivalue_line("markers", "public: part of the learner's self-check")
+        config.addinivalue_line("markers", "concepts(*ids): the deck concepts a failure of this test points to")
 
     @pytest.fixture
     def submission(self) -> Submission:
@@ -71,13 +50,15 @@ class _Collector:
         report = outcome.get_result()
         marker = item.get_closest_marker("points")
         points = float(marker.args[0]) if marker else 1.0
+        concepts = item.get_closest_marker("concepts")
+        concepts = [str(c) for c in concepts.args] if concepts else []
         name = item.name
         if report.when == "setup" and report.skipped:
             return
         if report.failed:
-            self.results[name] = TestResult(name, False, 0.0, points, _message(call.excinfo))
+            self.results[name] = TestResult(name, False, 0.0, points, _message(call.excinfo), concepts)
         elif report.when == "call" and name not in self.results:
-            self.results[name] = TestResult(name, True, points, points, "")
+            self.results[name] = TestResult(name, True, points, points, "", concepts)
 
     def pytest_collectreport(self, report):
         if report.failed:

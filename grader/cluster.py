@@ -1,0 +1,244 @@
+"""Where grading tasks run: the workers of a Dask cluster (dask.distributed), on this machine or any other.
+
+    client, cluster = connect(None, workers=2)          # a LocalCluster: 2 worker processes, one thread each
+    client, _ = connect("tcp://10.0.0.5:8786")         # an existing cluster: `dask worker`, dask-jobqueue, k8s
+    client.register_plugin(GradingSetup(settings))     # once per worker (and per replacement worker)
+    future = client.submit(grade_task, task, pure=False)   # -> grader.results.ExerciseResult
+
+On each worker, GradingSetup starts a sandbox zygote (grader.sandbox) and imports torch, the hidden graders and the
+references, in the background, so a new worker takes tasks at once and its first one waits only for what is left.
+A task carries the submitted file's bytes and its result comes back as data: workers need no shared filesystem,
+only the same llmstudy installed and, for the sandbox, root (or user namespaces). Dask pickles tasks and results
+between our own trusted processes; learner values never travel this way (they cross from the sandbox as
+grader.codec data). A task whose worker dies is retried on another worker at most ALLOWED_FAILURES times (the
+scheduler's `distributed.scheduler.allowed-failures`, set here for a LocalCluster), then its future raises
+KilledWorker.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from distributed import WorkerPlugin
+
+from grader.results import ExerciseResult
+
+ALLOWED_FAILURES = 2         # retries after a worker died mid-task; the third death is the submission's `error`
+CONNECT_TIMEOUT = "10s"
+
+
+class ClusterUnavailable(RuntimeError):
+    """The Dask scheduler can't be reached or the address is wrong; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = "cpu"                   # "auto" is resolved on each worker
+    sandboxed: bool = True                # isolate learner code; a worker that can't fails its tasks...
+    allow_unsandboxed: bool = False       # ...unless this allows it to grade without isolation
+    timeout: float = 20.0                 # per call into the learner's code
+    budget: float = 200.0                 # all calls of one submission together
+    hide: tuple[str, ...] = ()            # more paths the learner's code must not see (outputs, course sources)
+    preload: tuple[str, ...] = ("smollm2", "minilm")
+
+    @property
+    def plugin_name(self) -> str:
+        """One plugin per set of settings, so two batches on one cluster don't replace each other's sandboxes."""
+        return "llmstudy-grading-" + hashlib.sha256(repr(asdict(self)).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Task:
+    student: str
+    exercise: str
+    filename: str                         # the submitted file's name (its suffix says notebook or .py)
+    data: bytes                           # its contents, read by the grader's machine
+    max_score: float
+    setup: str                            # the GradingSetup plugin that holds this batch's sandbox
+
+
+# --- on a worker --------------------------------------------------------------------------------------------------
+class GradingSetup(WorkerPlugin):
+    """Per-worker state: this batch's sandbox zygote, and the graders and references already imported."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.name = settings.plugin_name
+        self._worker = None
+        self._loading: threading.Thread | None = None
+        self._problem: str | None = None
+
+    def setup(self, worker) -> None:
+        self._lock = threading.Lock()
+        self._loading = threading.Thread(target=self._load, name="llmstudy-setup", daemon=True)
+        self._loading.start()     # Dask runs setup on the worker's event loop: don't block it for seconds
+
+    def _load(self) -> None:
+        try:
+            self._start_sandbox()
+            import importlib
+
+            import torch
+            torch.set_num_threads(1)     # one worker per core; the graders' bit-exact comparisons want one thread
+            import transformers  # noqa: F401
+
+            from grader import runner  # noqa: F401
+            from grader.batch import graded_exercises
+            for ex in graded_exercises():
+                importlib.import_module(f"solutions.{ex.id}")
+        except Exception as exc:  # noqa: BLE001 - reported by every task this worker gets
+            self._problem = f"{type(exc).__name__}: {exc}"
+
+    def _start_sandbox(self) -> None:
+        from grader.sandbox import Limits, SandboxWorker, isolation_problem
+        from llmstudy.models import resolve_device
+
+        s = self.settings
+        sandboxed = s.sandboxed
+        if sandboxed and (problem := isolation_problem()) is not None:
+            if not s.allow_unsandboxed:
+                raise RuntimeError(f"this worker can't isolate learner code ({problem}); run `dask worker` as "
+                                   "root on Linux (or with user namespaces), or grade with --allow-unsandboxed")
+            sandboxed = False
+        limits = Limits(call_timeout=s.timeout, budget=s.budget, cpu_seconds=int(s.budget) + 60)
+        options = dict(device=resolve_device(s.device), sandboxed=sandboxed, limits=limits, hide=s.hide,
+                       wait=False)
+        if "preload" in inspect.signature(SandboxWorker).parameters:
+            options["preload"] = s.preload
+        self._options = options
+        self._worker = SandboxWorker(**options)
+
+    def sandbox(self, restart: bool = False):
+        """This worker's SandboxWorker, once set-up has finished; a fresh one if asked or if it died."""
+        self._loading.join()
+        if self._problem is not None:
+            raise RuntimeError(self._problem)
+        from grader.sandbox import SandboxWorker
+        with self._lock:
+            if self._worker is not None and (restart or not self._worker.alive()):
+                self._worker.close()
+                self._worker = None
+            if self._worker is None:
+                self._worker = SandboxWorker(**{**self._options, "wait": True})
+            return self._worker
+
+    def teardown(self, worker) -> None:
+        if self._loading is not None:
+            self._loading.join()
+        if self._worker is not None:
+            self._worker.close()      # the zygote reaps its children
+            self._worker = None
+
+
+def grade_task(task: Task) -> ExerciseResult:
+    """One submitted file's result. Never raises: our side's failures come back with the status `internal`."""
+    from distributed import get_worker
+
+    try:
+        return _grade(task, get_worker().plugins[task.setup])
+    except Exception as exc:  # noqa: BLE001 - a result for the batch, not a traceback on a remote worker
+        return _result(task, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _result(task: Task, status: str, message: str) -> ExerciseResult:
+    return ExerciseResult(task.exercise, task.filename, status, 0.0, task.max_score, message)
+
+
+def _grade(task: Task, setup: GradingSetup) -> ExerciseResult:
+    from grader.extract import SubmissionError, extract
+    from grader.sandbox import SandboxBroken
+
+    with tempfile.TemporaryDirectory(prefix="llmstudy-") as tmp:   # extract() reads a file: a private copy
+        path = Path(tmp) / Path(task.filename).name
+        path.write_bytes(task.data)
+        try:
+            source = extract(path)
+        except SubmissionError as exc:
+            return _result(task, "error", str(exc))
+        except (RecursionError, MemoryError, ValueError, OSError) as exc:
+            return _result(task, "error", f"{path.name} could not be read as Python ({type(exc).__name__}); "
+                                          "simplify deeply nested code")
+    last = ""
+    for attempt in range(2):             # our side broke (zygote died): once more on a fresh zygote
+        try:
+            return _grade_source(task, source, setup.sandbox(restart=attempt > 0))
+        except SandboxBroken as exc:
+            last = str(exc)
+    return _result(task, "internal", f"the sandbox broke twice: {last}")
+
+
+def _grade_source(task: Task, source: str, worker) -> ExerciseResult:
+    import torch
+
+    from grader import runner
+    from grader.sandbox import SandboxBroken
+    from grader.submission import LearnerError, SubmissionTimeout
+
+    torch.set_num_threads(1)
+    try:
+        sub = worker.open(task.exercise, source, task.filename)
+    except SubmissionTimeout:
+        return _result(task, "timeout", f"importing your code took longer than {worker.limits.call_timeout:g} s; "
+                                        "move long-running code out of top-level assignments")
+    except LearnerError as exc:
+        return _result(task, "error", str(exc))
+    try:
+        try:
+            result = runner.grade(task.exercise, sub)
+        except RuntimeError as exc:
+            if isinstance(exc, SandboxBroken):
+                raise
+            return _result(task, "internal", str(exc))
+        if sub.broken:
+            raise SandboxBroken(sub.broken)
+    finally:
+        try:
+            sub.close()
+        except SandboxBroken:
+            pass
+    notes = [result.message]
+    if sub.timeouts:
+        notes.append(f"{sub.timeouts} call(s) ran out of time")
+    if sub.deaths:
+        notes.append(f"the process running your code died {sub.deaths} time(s)")
+    status = "graded"
+    if sub.budget_left <= 0:
+        status = "timeout"
+        notes.append(f"grading stopped early: your code used its total time of {worker.limits.budget:g} s")
+    return ExerciseResult(task.exercise, task.filename, status, result.score, task.max_score, "; ".join(notes),
+                          result.tests)
+
+
+# --- on the grader's machine --------------------------------------------------------------------------------------
+def connect(scheduler: str | None, workers: int = 1):
+    """(Client, LocalCluster or None): the cluster at `scheduler`, or a new one here with `workers` processes."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler is None:
+        with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+            # memory_limit=0: the sandbox limits learner code; a per-worker share of RAM would only get a worker
+            # holding torch and the models restarted by its nanny on a machine with many cores.
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+        return Client(cluster), cluster
+    from distributed.comm import parse_address
+    try:
+        scheme, location = parse_address(scheduler)
+        host, _, port = location.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("no port")
+    except ValueError:
+        raise ClusterUnavailable(f"--scheduler {scheduler}: not a scheduler address; give it as tcp://HOST:PORT "
+                                 "(what `dask scheduler` prints, e.g. tcp://10.0.0.5:8786)") from None
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT), None
+    except (OSError, TimeoutError) as exc:
+        raise ClusterUnavailable(f"can't reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} "
+                                 f"({type(exc).__name__}); start it with `dask scheduler`, or check the host, "
+                                 "the port and the firewall") from None
