@@ -66,7 +66,8 @@ def demo(ctx, out_dir, workers, device):
                     "Real classes need the sandbox: see the README.", fg="yellow")
     ctx.invoke(grade, submissions=str(ROOT / "examples" / "class"), out=str(out / "results.json"),
                csv_path=str(out / "grades.csv"), gradescope=None, feedback=str(out / "feedback"), workers=workers,
-               device=device, timeout=8.0, allow_unsandboxed=bool(problem), nbgrader_course=None, assignment=None)
+               scheduler=None, resume=False, device=device, timeout=8.0, allow_unsandboxed=bool(problem),
+               nbgrader_course=None, assignment=None)
     click.secho("\nNext steps", bold=True)
     click.echo(f"  open {out / 'feedback'}/ben.html to see what a learner reads; import {out / 'llm-week1.apkg'} "
                "into Anki")
@@ -224,7 +225,12 @@ def check(file, show_code, device):
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write one row per student.")
 @click.option("--gradescope", type=click.Path(file_okay=False), help="Also write DIR/<student>/results.json.")
 @click.option("--feedback", type=click.Path(file_okay=False), help="Also write DIR/<student>.html.")
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel workers [default: number of cores].")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes of the Dask cluster started on this machine [default: number of cores].")
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="Grade on an existing Dask cluster instead (`dask scheduler` + `dask worker`, Slurm, Kubernetes).")
+@click.option("--resume", is_flag=True,
+              help="Keep the records in the journal beside --out (results.journal.jsonl) and grade only the rest.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
               help="Seconds per call into a submission's code; a hang costs one test.")
@@ -235,19 +241,26 @@ def check(file, show_code, device):
               help="Grade COURSE/submitted/<student>/<assignment>/ instead, and write the scores into COURSE's "
                    "nbgrader gradebook (see `llmstudy nbgrader init`).")
 @click.option("--assignment", help="The nbgrader assignment to grade, with --nbgrader.")
-def grade(submissions, out, csv_path, gradescope, feedback, workers, device, timeout, allow_unsandboxed,
-          nbgrader_course, assignment):
-    """Grade a class: SUBMISSIONS/<student>/<exercise>.ipynb (or .py), sandboxed and in parallel."""
+def grade(submissions, out, csv_path, gradescope, feedback, workers, scheduler, resume, device, timeout,
+          allow_unsandboxed, nbgrader_course, assignment):
+    """Grade a class: SUBMISSIONS/<student>/<exercise>.ipynb (or .py), sandboxed and in parallel on Dask.
+
+    Each record is journalled beside --out as it arrives: after Ctrl-C or a crash, --resume grades only the rest."""
     from rich.console import Console
 
+    from grader.batch import ClusterUnavailable, JournalMismatch, journal_path
     from grader.sandbox import SandboxUnavailable
     from llmstudy.models import ModelNotAvailable
 
+    if scheduler is not None and workers is not None:
+        raise UserError("--workers sizes the cluster started here; with --scheduler the cluster's own workers "
+                        "grade: drop one of the two")
     console = Console(stderr=True)
     outputs = [Path(p).resolve().parent for p in (out, csv_path) if p] + \
               [Path(p).resolve() for p in (gradescope, feedback) if p]
-    options = dict(workers=workers, device=device, progress=True, allow_unsandboxed=allow_unsandboxed,
-                   timeout=timeout, hide=tuple(str(p) for p in outputs), console=console)
+    options = dict(workers=workers, scheduler=scheduler, device=device, progress=True,
+                   allow_unsandboxed=allow_unsandboxed, timeout=timeout, hide=tuple(str(p) for p in outputs),
+                   console=console, journal=journal_path(out), resume=resume)
     try:
         if nbgrader_course is not None:
             results = _grade_nbgrader_course(nbgrader_course, assignment, submissions, options, console)
@@ -256,7 +269,7 @@ def grade(submissions, out, csv_path, gradescope, feedback, workers, device, tim
         else:
             from grader.batch import grade_class
             results = grade_class(Path(submissions), **options)
-    except (SandboxUnavailable, ModelNotAvailable, FileNotFoundError) as exc:
+    except (SandboxUnavailable, ModelNotAvailable, FileNotFoundError, ClusterUnavailable, JournalMismatch) as exc:
         raise UserError(str(exc)) from None
     _write_grading_outputs(results, out, csv_path, gradescope, feedback, console)
 
@@ -264,7 +277,6 @@ def grade(submissions, out, csv_path, gradescope, feedback, workers, device, tim
 def _write_grading_outputs(results, out, csv_path, gradescope, feedback, console) -> None:
     """Write results.json and the optional reports, print the summary; exit 2 if our side failed somewhere."""
     from grader import report
-    from grader.batch import INTERNAL
 
     report.write_json(results, out)
     written = [out]
@@ -279,8 +291,7 @@ def _write_grading_outputs(results, out, csv_path, gradescope, feedback, console
         written.append(f"{feedback}/<student>.html")
     console.print(report.summary_table(results))
     console.print("wrote " + ", ".join(str(w) for w in written))
-    internal = [(s["student"], e["exercise"]) for s in results["submissions"] for e in s["exercises"]
-                if e["message"].startswith(INTERNAL)]
+    internal = [(sub.student, ex.exercise) for sub, ex in results.records() if ex.status == "internal"]
     if internal:
         console.print(f"[red]{len(internal)} submission(s) hit an internal grader error (first: "
                       f"{internal[0][0]} / {internal[0][1]}); their messages in {out} say what failed[/red]")
@@ -335,7 +346,7 @@ def _grade_nbgrader_course(course, assignment, submissions, options, console) ->
         raise UserError(str(exc)) from None
     log = Path(course) / "llmstudy-gradebook.log"
     log.write_text(book["log"], encoding="utf-8")
-    students = len(results["submissions"])
+    students = len(results.submissions)
     console.print(f"gradebook: {students} student(s) of '{assignment}' recorded in {course}/gradebook.db through "
                   f"nbgrader's autograde pipeline (scores from the sandbox; `nbgrader export` or formgrader show them)")
     if book["written_directly"]:

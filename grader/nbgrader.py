@@ -495,11 +495,11 @@ def grade_course(course: str | Path, assignment: str, **grade_options) -> tuple[
     """Grade COURSE/submitted/*/<assignment>/ with the sandboxed grader and write the scores into the gradebook.
 
     grade_options go to grader.batch.grade_entries (workers, device, progress, allow_unsandboxed). Returns the
-    results.json structure and what write_gradebook returned."""
+    grader.results.ClassResult and what write_gradebook returned."""
     from grader.batch import grade_entries
 
     course = Path(course)
     check_course(course, assignment)
     entries = submission_entries(course, assignment)
     results = grade_entries(entries, **grade_options)
-    return results, write_gradebook(course, assignment, results)
+    return results, write_gradebook(course, assignment, results.to_dict())

@@ -298,8 +298,8 @@ def test_without_the_sandbox_the_same_attack_succeeds(tmp_path, monkeypatch):
     results = batch.grade_entries(entries, workers=1, device="cpu", progress=False, allow_unsandboxed=True,
                                   timeout=TIMEOUT, console=type("C", (), {"print": staticmethod(warnings.append)}))
     assert "WITHOUT isolation" in warnings[0]
-    scores = {s["student"]: s["exercises"][0]["score"] for s in results["submissions"]}
-    assert scores["read_solutions"] == scores["correct"] == results["max_score"], results
+    scores = {s.student: s.exercises[0].score for s in results.submissions}
+    assert scores["read_solutions"] == scores["correct"] == results.max_score, results
 
 
 def test_top_level_model_loads_reuse_the_preloaded_models(graded):

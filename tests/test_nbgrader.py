@@ -151,7 +151,7 @@ def test_grade_nbgrader_scores_appear_in_nbgrader_export(course, sandboxed):
     assert score["correct"] == full
     assert 0 < score["buggy"] < full
     assert score["stub"] == 0 and score["corrupt"] == 0
-    status = {s["student"]: s["exercises"][0]["status"] for s in results["submissions"]}
+    status = {s.student: s.exercises[0].status for s in results.submissions}
     assert status == {"correct": "graded", "buggy": "graded", "stub": "graded", "corrupt": "error"}
     # nbgrader can't read the corrupt notebook; its grade is still set (not left for manual grading in formgrader)
     from nbgrader.api import Gradebook
