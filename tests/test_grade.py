@@ -1,7 +1,9 @@
-"""The batch grader's bookkeeping and outputs (no learner code runs here), and `llmstudy check`."""
+"""The batch grader's bookkeeping, the typed results and the reports written from them (no learner code
+runs here), and `llmstudy check`."""
 from __future__ import annotations
 
 import ast
+import re
 import csv
 import json
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from grader import batch, report
+from grader.results import ClassResult, ExerciseResult, StudentResult, TestResult
 from llmstudy.exercises import by_id
 
 ADVERSARIAL = Path(__file__).parent / "adversarial"
@@ -47,39 +50,99 @@ def test_missing_files_get_a_record_without_starting_workers(monkeypatch):
     results = batch.grade_entries([("ana", "positional_encoding", None), ("bo", "positional_encoding", None)],
                                   progress=False, device="cpu")
     max_score = points_in_source("positional_encoding")
-    assert results["max_score"] == max_score
-    assert [s["student"] for s in results["submissions"]] == ["ana", "bo"]
-    ex = results["submissions"][0]["exercises"][0]
-    assert ex == {"exercise": "positional_encoding", "file": "", "status": "missing", "score": 0.0,
-                  "max_score": max_score, "message": "no 01_positional_encoding.ipynb or 01_positional_encoding.py "
-                                                     "was submitted", "tests": []}
+    assert results.max_score == max_score
+    assert [s.student for s in results.submissions] == ["ana", "bo"]
+    ex = results.submissions[0].exercises[0]
+    assert ex == ExerciseResult("positional_encoding", "", "missing", 0.0, max_score,
+                                "no 01_positional_encoding.ipynb or 01_positional_encoding.py was submitted")
 
 
 def test_a_file_that_is_too_big_is_an_error_before_any_code_runs(tmp_path, monkeypatch):
-    path = tmp_path / "01_positional_encoding.py"
-    path.write_text("x = 1\n")
+    monkeypatch.setattr(batch, "sandbox_mode", lambda allow, warn=print: True)
+    (tmp_path / "ana").mkdir()
+    (tmp_path / "ana" / "01_positional_encoding.py").write_text("x = 1\n")
     monkeypatch.setattr(batch, "MAX_FILE_BYTES", 3)
-    record = batch.grade_task(batch.Task(0, "ana", "positional_encoding", str(path), 12.0))
-    assert record["status"] == "error" and "clear the notebook's outputs" in record["message"]
+    results = batch.grade_entries([("ana", "positional_encoding", tmp_path / "ana" / "01_positional_encoding.py")],
+                                  progress=False, device="cpu")       # no cluster starts: nothing to grade
+    (record,) = results.submissions[0].exercises
+    assert record.status == "error" and "clear the notebook's outputs" in record.message
+
+
+def test_resume_keeps_journalled_records_and_grades_only_new_or_changed_files(tmp_path, monkeypatch):
+    """The journal decides what --resume grades: a record for the same bytes is kept, a changed file is graded."""
+    monkeypatch.setattr(batch, "sandbox_mode", lambda allow, warn=print: True)
+    files = {}
+    for student in ("ana", "bo", "cy"):
+        (tmp_path / student).mkdir()
+        files[student] = tmp_path / student / "01_positional_encoding.py"
+        files[student].write_text(f"# {student}\n")
+    entries = [(s, "positional_encoding", f) for s, f in files.items()]
+    graded = []
+
+    class NoCluster:                                # stands in for the Dask cluster: records what it was asked
+        def __init__(self, *args):
+            pass
+
+        def client(self):
+            return None
+
+        def close(self):
+            pass
+
+    def fake_run(client, tasks):
+        for i, (task, _) in tasks.items():
+            graded.append(task.student)
+            yield i, ExerciseResult(task.exercise, task.filename, "graded", 1.0, task.max_score, task.student)
+
+    monkeypatch.setattr(batch, "_Starting", NoCluster)
+    monkeypatch.setattr(batch, "_run", fake_run)
+    journal = tmp_path / "out" / "results.journal.jsonl"
+    first = batch.grade_entries(entries, progress=False, journal=journal)
+    assert sorted(graded) == ["ana", "bo", "cy"]
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])   # killed while writing the last record
+    files["bo"].write_text("# bo, resubmitted\n")
+    graded.clear()
+    again = batch.grade_entries(entries, progress=False, journal=journal, resume=True)
+    assert sorted(graded) == sorted(["bo", entries[-1][0]])          # changed, and the torn line's
+    assert again == first
+    with pytest.raises(batch.JournalMismatch, match="other options"):
+        batch.grade_entries(entries, progress=False, journal=journal, resume=True, timeout=3.0)
 
 
 @pytest.fixture
-def results():
-    """A hand-made graded batch with hostile strings in names and messages."""
-    test = {"name": "test_shape", "passed": False, "score": 0.0, "max_score": 1.0,
-            "message": "<script>alert('x')</script> & more"}
-    ok = {"name": "test_formula", "passed": True, "score": 2.0, "max_score": 2.0, "message": ""}
-    return {"max_score": 6.0, "submissions": [
-        {"student": "<b>eve</b>", "score": 2.0, "max_score": 6.0, "exercises": [
-            {"exercise": "positional_encoding", "file": "01_positional_encoding.py", "status": "graded",
-             "score": 2.0, "max_score": 3.0, "message": "1/2 tests passed", "tests": [test, ok]},
-            {"exercise": "attention", "file": "", "status": "missing", "score": 0.0, "max_score": 3.0,
-             "message": "no 02_attention.ipynb or 02_attention.py was submitted", "tests": []}]},
-        {"student": "../ana", "score": 3.0, "max_score": 6.0, "exercises": [
-            {"exercise": "positional_encoding", "file": "01_positional_encoding.ipynb", "status": "graded",
-             "score": 3.0, "max_score": 3.0, "message": "2/2 tests passed", "tests": [ok]},
-            {"exercise": "attention", "file": "02_attention.py", "status": "error", "score": 0.0, "max_score": 3.0,
-             "message": "syntax error in 02_attention.py, line 3: expected ':'", "tests": []}]}]}
+def results() -> ClassResult:
+    """A hand-made graded class with hostile strings in names and messages, and an internal error."""
+    failed = TestResult("test_shape", False, 0.0, 1.0, "<script>alert('x')</script> & more",
+                        ["positional-encoding", "<i>sinusoid</i>"])
+    ok = TestResult("test_formula", True, 2.0, 2.0, "", ["never-shown-for-a-passed-test"])
+    return ClassResult([
+        StudentResult("<b>eve</b>", [
+            ExerciseResult("positional_encoding", "01_positional_encoding.py", "graded", 2.0, 3.0,
+                           "1/2 tests passed", [failed, ok]),
+            ExerciseResult("attention", "", "missing", 0.0, 3.0,
+                           "no 02_attention.ipynb or 02_attention.py was submitted")]),
+        StudentResult("../ana", [
+            ExerciseResult("positional_encoding", "01_positional_encoding.ipynb", "graded", 3.0, 3.0,
+                           "2/2 tests passed", [ok]),
+            ExerciseResult("attention", "02_attention.py", "internal", 0.0, 3.0, "the sandbox broke twice: boom")])])
+
+
+def test_results_json_round_trips_and_keeps_the_record_shape(results, tmp_path):
+    report.write_json(results, tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert ClassResult.from_dict(data) == results
+    assert data["max_score"] == 6.0 and data["submissions"][0]["score"] == 2.0
+    record = data["submissions"][1]["exercises"][1]
+    assert list(record) == ["exercise", "file", "status", "score", "max_score", "message", "tests"]
+    assert record["status"] == "internal" and record["message"] == "the sandbox broke twice: boom"   # no prefix
+    assert data["submissions"][0]["exercises"][0]["tests"][0]["concepts"] == ["positional-encoding",
+                                                                             "<i>sinusoid</i>"]
+
+
+def test_an_unknown_status_is_refused():
+    with pytest.raises(ValueError, match="unknown status"):
+        ExerciseResult("attention", status="internal grader error")
 
 
 def test_csv_has_one_row_per_student_and_a_total(results, tmp_path):
@@ -97,6 +160,9 @@ def test_gradescope_results_follow_the_documented_format(results, tmp_path):
     assert data["score"] == 2.0
     assert {"name", "score", "max_score", "status", "output"} <= set(data["tests"][0])
     assert [t["status"] for t in data["tests"]] == ["failed", "passed", "failed"]
+    ana = json.loads((tmp_path / "gs" / "_ana" / "results.json").read_text())
+    assert ana["tests"][-1] == {"name": "attention: internal", "score": 0.0, "max_score": 3.0, "status": "failed",
+                                "output": "the sandbox broke twice: boom", "visibility": "visible"}
     assert sum(t["max_score"] for t in data["tests"]) == 6.0
 
 
@@ -107,6 +173,8 @@ def test_feedback_html_escapes_everything_and_shows_no_test_code(results, tmp_pa
     assert "<b>eve</b>" not in page and "&lt;b&gt;eve&lt;/b&gt;" in page
     assert "test_shape" in page and "failed" in page
     assert "def test_" not in page and "assert " not in page
+    assert "review: positional-encoding, &lt;i&gt;sinusoid&lt;/i&gt;" in page       # the failed test's concepts
+    assert "never-shown-for-a-passed-test" not in page
     assert len(written) == 2
 
 
@@ -116,6 +184,8 @@ def test_summary_table_counts_statuses(results):
     console.print(report.summary_table(results))
     text = console.export_text()
     assert "positional_encoding" in text and "attention" in text and "2.50 / 3" in text
+    attention = next(line for line in text.splitlines() if "attention" in line)
+    assert re.findall(r"\d+(?:\.\d+)?", attention)[:5] == ["0", "0", "1", "0", "1"]   # graded..internal
 
 
 def test_check_passes_a_correct_notebook_and_fails_a_stub(tmp_path):
@@ -141,22 +211,3 @@ def test_check_reports_a_broken_file_in_one_line():
     from cli import main
     run = CliRunner().invoke(main, ["check", str(ADVERSARIAL / "corrupt_notebook" / "01_positional_encoding.ipynb")])
     assert run.exit_code == 1 and "not a readable notebook" in run.output and "Traceback" not in run.output
-
-
-def test_pool_returns_results_and_exceptions_as_values():
-    import math
-
-    from grader.pool import LocalPool
-    with LocalPool(workers=2) as pool:
-        got = dict(pool.imap_unordered(math.sqrt, [4.0, 9.0, -1.0]))
-    assert got[4.0] == 2.0 and got[9.0] == 3.0
-    assert isinstance(got[-1.0], ValueError)
-
-
-def test_pool_retries_an_item_whose_worker_died_then_gives_up():
-    import os
-
-    from grader.pool import LocalPool, WorkerLost
-    with LocalPool(workers=1, retries=1) as pool:
-        (item, result), = list(pool.imap_unordered(os._exit, [3]))    # the worker exits on every try
-    assert item == 3 and isinstance(result, WorkerLost)
