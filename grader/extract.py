@@ -1,6 +1,8 @@
 """What runs from a learner's file: imports, function/class definitions and top-level assignments, by AST.
 
-Experiments, plots, other top-level calls, IPython magics (%cmd, %%cell) and shell escapes (!cmd) never run.
+Experiments, plots, other top-level calls, IPython magics (%cmd, %%cell) and shell escapes (!cmd) never run, and
+neither do an nbgrader notebook's locked grade cells: they belong to the instructor (nbgrader restores them from the
+source notebook anyway), and their hidden part imports grader code that learner code never sees.
 `llmstudy check FILE --show-code` prints exactly this code.
 """
 from __future__ import annotations
@@ -24,13 +26,18 @@ def _code_cells(path: Path) -> list[str]:
         cells = nb["cells"]
         sources = []
         for cell in cells:
-            if cell.get("cell_type") == "code":
+            if cell.get("cell_type") == "code" and not _locked_grade_cell(cell):
                 src = cell.get("source", "")
                 sources.append("".join(src) if isinstance(src, list) else str(src))
         return sources
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise SubmissionError(f"{path.name} is not a readable notebook ({type(exc).__name__}); "
                               "re-save it from Jupyter or submit a .py file") from None
+
+
+def _locked_grade_cell(cell: dict) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return isinstance(meta, dict) and bool(meta.get("grade")) and bool(meta.get("locked"))
 
 
 def _strip_ipython(src: str) -> str:

@@ -48,6 +48,7 @@ SELF_CHECK_MARKERS = ("selfcheck", "llmstudy check", "llmstudy.check")
 CONFIG_TEMPLATE = '''\
 # nbgrader configuration written by `llmstudy nbgrader init`.
 import os
+import sys
 
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
@@ -57,6 +58,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# nbgrader runs `alembic` from PATH: put this Python's bin folder first, so that `.venv/bin/nbgrader ...` works without
+# activating the virtual environment.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 c.CourseDirectory.course_id = {course_id!r}
 # Plain `nbgrader autograde` runs the hidden tests inside the notebook's kernel; the first model load can take ~40 s.
