@@ -1,10 +1,10 @@
-# Two commands: `make demo` and `make test`. Both set everything up first.
+# Two commands: `make demo` and `make test`. Both set everything up first. `make lab` opens the notebooks.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test lab setup clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lab: setup
+	$(BIN)/llmstudy lab exercises
 
 clean:
 	rm -rf $(VENV) build *.egg-info
