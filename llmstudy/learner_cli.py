@@ -70,6 +70,8 @@ def lab(folder, no_browser):
     # The kernels and any `!llmstudy check` inside a notebook find this environment's commands without activating it.
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={folder}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:    # a container or a VM as root: Jupyter refuses without this
+        command.append("--allow-root")
     sys.exit(subprocess.call(command + (["--no-browser"] if no_browser else []), env=env))
 
 

