@@ -172,6 +172,34 @@ def _load_hub(name: str):
     return model, tokenizer
 
 
+def smollm2_cache_built() -> bool:
+    return _cache_is_built(_smollm2_cache())
+
+
+def tokenizer_dirs() -> list[Path]:
+    """Folders holding the bundled models' tokenizers (with their weights, which a sandbox covers)."""
+    folders = [_smollm2_cache(), _minilm_dir()]
+    return [f for f in folders if f is not None and f.is_dir()]
+
+
+@functools.cache
+def load_tokenizer(name: str):
+    """The tokenizer alone, without loading any weights (what a sandboxed learner process may hold)."""
+    from transformers import AutoTokenizer
+
+    if name == "smollm2":
+        if not _cache_is_built(_smollm2_cache()):
+            raise ModelNotAvailable("SmolLM2's tokenizer cache is not built yet; load the model once "
+                                    "(`llmstudy models` says where) before grading")
+        return AutoTokenizer.from_pretrained(_smollm2_cache())
+    if name == "minilm":
+        folder = _minilm_dir()
+        if folder is None:
+            raise ModelNotAvailable("all-MiniLM-L6-v2 is not installed; run `make setup`")
+        return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(name)
+
+
 @functools.cache
 def load(name: str, device: str = "auto"):
     """(model, tokenizer) for a bundled name or a hub id, in eval mode on `device`. Cached per process.

@@ -1,0 +1,138 @@
+"""The zygote: a pre-warmed process that forks one child per submission (`python -m grader.sandbox.zygote FD`).
+
+Started by the trusted client (grader/sandbox/client.py) with a minimal environment, it imports torch, transformers
+and the tokenizers once, so that a child starts in milliseconds and shares them copy-on-write. It holds no model
+weights, no grader code beyond the child's serve loop, and never `solutions` or `grader.tests`; it never runs learner
+code itself. Control frames (grader/sandbox/protocol.py): {"op": "config"} once, then "ping", "spawn" (with the
+child's socket and output pipe as descriptors) and "kill".
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import tempfile
+
+from grader.sandbox import isolation
+from grader.sandbox.protocol import recv_frame, send_frame
+
+LEAKS = ("solutions", "grader.tests", "grader.checks", "grader.model_server", "grader.runner", "grader.sandbox.client")
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = {"SIGKILL": "killed", "SIGXCPU": "CPU time limit", "SIGXFSZ": "file size limit",
+                "SIGSEGV": "crashed"}.get(name, "")
+        return f"{name}{', ' + hint if hint else ''}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
+def main(control_fd: int) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    control = socket.socket(fileno=control_fd)
+    config, _, _ = recv_frame(control)
+    if sys.platform.startswith("linux"):
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGTERM)   # the trusted process died: stop, and so do children
+        if os.getppid() != config["parent"]:
+            sys.exit(0)
+    try:
+        _preload(config)
+    except Exception as exc:  # noqa: BLE001 - reported to the trusted side, which stops
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        send_frame(control, {"error": f"the sandbox worker could not start: preloading raised "
+                                      f"{type(exc).__name__}: {text}"})
+        return
+    stage = tempfile.mkdtemp(prefix="llmstudy-sandbox-")
+    config["uid"] = isolation.UID_BASE + os.getpid()
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY) if config["sandboxed"] else -1
+    children: set[int] = set()
+    send_frame(control, {"ok": True})
+    try:
+        while True:
+            try:
+                message, _, fds = recv_frame(control, max_fds=2)
+            except (OSError, ValueError, EOFError):
+                break
+            op = message.get("op")
+            if op == "ping":
+                reply = {"pid": os.getpid(), "uid": config["uid"], "sandboxed": config["sandboxed"]}
+            elif op == "spawn" and len(fds) == 2:
+                try:
+                    pid = _spawn(config, stage, own_pid_ns, fds[0], fds[1], control)
+                    children.add(pid)
+                    reply = {"pid": pid}
+                except OSError as exc:
+                    reply = {"error": f"could not start a sandboxed process: {exc}"}
+            elif op == "kill" and message.get("pid") in children:
+                reply = {"status": _kill(message["pid"], config["sandboxed"])}
+                children.discard(message["pid"])
+            else:
+                reply = {"error": f"bad control message {op!r}"}
+            for fd in fds:
+                os.close(fd)
+            send_frame(control, reply)
+    finally:
+        for pid in children:
+            _kill(pid, config["sandboxed"])
+        os.rmdir(stage)
+
+
+def _preload(config: dict) -> None:
+    """Import what children need before forking; load tokenizers (no weights). CUDA is not touched here: a forked
+    child can't use a parent's CUDA context."""
+    import torch
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    import transformers  # noqa: F401
+
+    from grader.sandbox import child  # noqa: F401
+    from llmstudy import models
+    for name in config["tokenizers"]:
+        models.load_tokenizer(name)
+    leaked = sorted(m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in LEAKS))
+    if leaked:
+        raise RuntimeError(f"the learner side imported {', '.join(leaked)}; it must never hold grader code")
+
+
+def _kill(pid: int, sandboxed: bool) -> str:
+    try:
+        if sandboxed:
+            os.kill(pid, signal.SIGKILL)     # PID 1 of its namespace: the kernel kills the rest of it
+        else:
+            os.killpg(pid, signal.SIGKILL)   # its session's process group (a daemon that left it can survive)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _, status = os.waitpid(pid, 0)
+    return _describe_status(status)
+
+
+def _spawn(config: dict, stage: str, own_pid_ns: int, sock_fd: int, out_fd: int, control: socket.socket) -> int:
+    sandboxed = config["sandboxed"]
+    if sandboxed:
+        isolation.unshare(isolation.CLONE_NEWPID)   # only the next child enters the new PID namespace, as its PID 1
+    try:
+        pid = os.fork()
+    except OSError:
+        if sandboxed:
+            isolation.setns(own_pid_ns, isolation.CLONE_NEWPID)
+        raise
+    if pid != 0:
+        if sandboxed:
+            isolation.setns(own_pid_ns, isolation.CLONE_NEWPID)     # later children start in our own namespace again
+        return pid
+    code = 0
+    try:
+        control.detach()
+        from grader.sandbox import child
+        child.main(config, stage, sock_fd, out_fd)
+    except BaseException:  # noqa: BLE001 - never return into the zygote's loop
+        code = 70
+    finally:
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
