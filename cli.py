@@ -151,8 +151,18 @@ def cards_list(concepts_dir):
 @click.option("--stats", is_flag=True, help="Show what is due and how reviews went, then exit.")
 @click.option("--export-log", type=click.Path(dir_okay=False), default=None,
               help="Write the review log to this CSV file (for analysis or FSRS optimisation), then exit.")
+@click.option("--optimize", is_flag=True,
+              help="Fit FSRS's parameters to your own review history (py-fsrs's optimizer), report log loss and "
+                   "RMSE before and after, and use them from now on; then exit.")
+@click.option("--from-results", "from_results", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A results.json from `llmstudy grade`: bring the cards of your failed tests forward (due today); "
+                   "needs --student.")
+@click.option("--student", default=None, help="Your name in --from-results.")
+@click.option("--bring-forward", "bring_forward", default=None, metavar="IDS",
+              help="Concept ids, comma-separated, to make due today (what `llmstudy check` suggests).")
 @click.option("--now", "now_text", default=None, hidden=True, help="Fixed ISO time with offset, for tests.")
-def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text):
+def review(lang, limit, new_per_day, retention, db, stats, export_log, optimize, from_results, student, bring_forward,
+           now_text):
     """Review the deck's concepts in the terminal, scheduled by FSRS (Enter reveals, 1-4 rates, q quits)."""
     from rich.console import Console
 
@@ -165,6 +175,8 @@ def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text)
         now = rv.system_clock if now_text is None else rv.fixed_clock(now_text)
     except ValueError as err:
         raise UserError(f"--now: {err}")
+    if (from_results is None) != (student is None):
+        raise UserError("--from-results and --student go together: --from-results results.json --student NAME")
     path = Path(db) if db else rv.default_db_path()
     try:
         with Store.open(path) as store:
@@ -174,17 +186,60 @@ def review(lang, limit, new_per_day, retention, db, stats, export_log, now_text)
                 except OSError as err:
                     raise UserError(f"can't write {export_log}: {err.strerror or err}")
                 click.echo(f"Wrote {rows} reviews to {export_log}")
-            if stats or export_log:
+            if optimize:
+                _review_optimize(store, now())
+            if stats or export_log or optimize:
                 if stats:
                     rv.sync(store, load_concepts())
                     rv.show_stats(rv.stats(store, now(), new_per_day), console, retention)
                 return
-            concepts = rv.sync(store, load_concepts())
-            result = rv.run_session(store, concepts, rv.make_scheduler(retention), now, console, lang=lang,
+            deck = load_concepts()
+            concepts = rv.sync(store, deck)
+            if from_results is not None or bring_forward is not None:
+                _review_bring_forward(store, deck, from_results, student, bring_forward, now())
+            result = rv.run_session(store, concepts, rv.store_scheduler(store, retention), now, console, lang=lang,
                                     limit=limit, new_per_day=new_per_day)
             click.echo(rv.summary(result, store, now(), new_per_day))
     except (CardDataError, StoreError) as err:
         raise UserError(str(err))
+
+
+def _review_optimize(store, moment) -> None:
+    """`llmstudy review --optimize`: fit, report, store (the defaults stay below the optimizer's minimum)."""
+    from cards import optimize as opt
+
+    result = opt.optimize(opt.logs_from_store(store))
+    if result.fitted:
+        store.set_parameters(list(result.parameters), moment, result.reviews)
+    for line in opt.describe(result):
+        click.echo(line)
+
+
+def _review_bring_forward(store, deck, from_results, student, ids_text, moment) -> None:
+    """Make the cards of failed tests (or of the given concept ids) due now, and say which."""
+    from cards import grades
+    from cards import review as rv
+
+    known = {c.id for c in deck}
+    if from_results is not None:
+        try:
+            failed = grades.failures(grades.load_results(from_results), student)
+        except grades.GradesError as err:
+            raise UserError(str(err)) from None
+        ids = grades.concepts_of(failed)
+        source = f"{len(failed)} failed test(s) of {student}"
+    else:
+        ids = [i.strip() for i in ids_text.split(",") if i.strip()]
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise UserError(f"--bring-forward: unknown concept id(s) {', '.join(unknown)}; "
+                            f"`llmstudy cards list` shows the ids")
+        source = "--bring-forward"
+    moved = store.bring_forward(rv.keys_for([i for i in ids if i in known], deck), moment)
+    if ids:
+        click.echo(f"Brought forward {len(moved)} card(s) from {source}: {', '.join(i for i in ids if i in known)}")
+    else:
+        click.echo(f"Nothing to bring forward: {source} name no concepts.")
 
 
 # --- check and grade: self-check, sandboxed batch grading -------------------------------------------------------------

@@ -14,6 +14,10 @@ One YAML file per course section, named `NN_<section>.yaml` so that file order i
         tags: [llm::sampling]             # optional, added to the section tag
         cloze_ja: "{{c1::top-k}} サンプリングは…"   # optional, Anki cloze syntax
         cloze_en: "{{c1::Top-k}} sampling keeps…"
+        reverse_ja: 確率が高い順に…        # optional: a definition -> term card (both languages, or neither)
+        reverse_en: Sampling only among…
+        stage: adapt-and-align            # optional: the lifecycle stage, shown in the card's context cue
+        deeper: 2                         # optional: the week where the course goes deeper
         figure: top-k-top-p               # optional, a name in cards/figures.py
         exercise: sampling                # optional, an id in llmstudy/exercises.py
 
@@ -33,8 +37,13 @@ CONCEPTS_DIR = Path(__file__).resolve().parent / "concepts"
 TAG_ROOT = "llm::week1"
 
 REQUIRED = ("id", "term_ja", "term_en", "explanation_ja", "explanation_en")
-OPTIONAL = ("tags", "cloze_ja", "cloze_en", "figure", "exercise")
-HTML_FIELDS = ("term_ja", "term_en", "explanation_ja", "explanation_en", "cloze_ja", "cloze_en")
+OPTIONAL = ("tags", "cloze_ja", "cloze_en", "reverse_ja", "reverse_en", "stage", "deeper", "figure", "exercise")
+HTML_FIELDS = ("term_ja", "term_en", "explanation_ja", "explanation_en", "cloze_ja", "cloze_en", "reverse_ja",
+               "reverse_en")
+# The lifecycle stages of the course (lecture "Generative AI project lifecycle"), as a card's context cue shows them.
+STAGES = {"scope": "Scope", "select": "Select", "adapt-and-align": "Adapt and align",
+          "application-integration": "Application integration"}
+COURSE_WEEKS = (2, 3)       # `deeper:` names a later week of the three-week course
 ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")    # "context-window": safe in GUIDs, file names, URLs
 CLOZE_PATTERN = re.compile(r"\{\{c\d+::.+?\}\}", re.DOTALL)
 # Elements that never take a closing tag (HTML Living Standard, "void elements").
@@ -53,6 +62,10 @@ class Concept:
     section: str            # e.g. "decoding"; the subdeck
     cloze_ja: str | None = None     # Anki cloze syntax {{c1::...}}
     cloze_en: str | None = None
+    reverse_ja: str | None = None   # a definition that asks for the term (a reverse card)
+    reverse_en: str | None = None
+    stage: str | None = None        # a key of STAGES
+    deeper: int | None = None       # the week where the course goes deeper, from COURSE_WEEKS
     figure: str | None = None       # figure name rendered by cards/figures.py
     exercise: str | None = None     # exercise id from llmstudy/exercises.py that practises it
     section_title_en: str = ""      # the subdeck's display name, e.g. "Generation settings"
@@ -150,9 +163,18 @@ def _concept(entry: dict, where: str, path: Path, section: str, titles: tuple[st
                             f"allowed: {', '.join(REQUIRED + OPTIONAL)}")
     if not ID_PATTERN.match(entry["id"]):
         raise CardDataError(f"{where}: id must be lower-case words joined by '-' (like 'context-window')")
-    for key in ("cloze_ja", "cloze_en", "figure", "exercise"):
+    for key in ("cloze_ja", "cloze_en", "reverse_ja", "reverse_en", "stage", "figure", "exercise"):
         if entry.get(key) is not None and not isinstance(entry[key], str):
             raise CardDataError(f"{where}: field '{key}' must be text, got {type(entry[key]).__name__}")
+
+    if entry.get("stage") is not None and entry["stage"] not in STAGES:
+        raise CardDataError(f"{where}: unknown stage '{entry['stage']}'; use one of {', '.join(STAGES)}")
+    deeper = entry.get("deeper")
+    if deeper is not None and (isinstance(deeper, bool) or deeper not in COURSE_WEEKS):
+        raise CardDataError(f"{where}: 'deeper' must be the week number where the course goes deeper "
+                            f"({' or '.join(map(str, COURSE_WEEKS))}), got {deeper!r}")
+    if bool(entry.get("reverse_ja")) != bool(entry.get("reverse_en")):
+        raise CardDataError(f"{where}: give both reverse_ja and reverse_en, or neither")
 
     extra = entry.get("tags") or []
     if isinstance(extra, str) or not isinstance(extra, list):
@@ -187,9 +209,27 @@ def _concept(entry: dict, where: str, path: Path, section: str, titles: tuple[st
         explanation_ja=_ja(entry["explanation_ja"]), explanation_en=entry["explanation_en"].strip(),
         tags=tuple(tags), order=order, section=section,
         cloze_ja=_ja(entry.get("cloze_ja")), cloze_en=_strip(entry.get("cloze_en")),
-        figure=entry.get("figure"), exercise=entry.get("exercise"),
+        reverse_ja=_ja(entry.get("reverse_ja")), reverse_en=_strip(entry.get("reverse_en")),
+        stage=entry.get("stage"), deeper=deeper, figure=entry.get("figure"), exercise=entry.get("exercise"),
         section_title_en=titles[0], section_title_ja=titles[1], source=path.name,
     )
+
+
+def cue(concept: Concept, lang: str) -> str:
+    """The context cue a card's front shows: the lecture (its section) and, where one applies, the lifecycle stage.
+    lang: "ja" or "en"."""
+    lecture = concept.section_title_ja if lang == "ja" else concept.section_title_en
+    if concept.stage is None:
+        return f"講義：{lecture}" if lang == "ja" else f"Lecture: {lecture}"
+    stage = STAGES[concept.stage]
+    return f"講義：{lecture} · 段階：{stage}" if lang == "ja" else f"Lecture: {lecture} · Stage: {stage}"
+
+
+def deeper_note(concept: Concept, lang: str) -> str:
+    """'The course goes deeper in week 2' (or its Japanese), or '' when it does not say."""
+    if concept.deeper is None:
+        return ""
+    return f"第 {concept.deeper} 週で詳しく学ぶ" if lang == "ja" else f"The course goes deeper in week {concept.deeper}"
 
 
 def _cloze_numbers(text: str) -> list[str]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from cards.data import CardDataError, Concept
+from cards.data import CardDataError, Concept, cue, deeper_note
 from cards.figures import media_name
 
 NAMESPACE = "llmstudy/week1"
@@ -43,56 +43,94 @@ ROOT_DESCRIPTION = {
 }
 ID_BASE = 1_700_000_000   # note and card ids count up from here (ms); Anki matches notes by GUID, not by id
 
+# Colours are chosen for contrast (WCAG 2 AA, at least 4.5:1 against the card's background, day and night);
+# tests/test_cards.py computes every ratio from this CSS.
 CSS = """\
 .card { font-family: "Helvetica Neue", Arial, sans-serif; font-size: 20px; line-height: 1.5;
-        text-align: left; max-width: 42em; margin: 0 auto; color: black; background: white; }
-.nightMode.card { color: #eee; background: #222; }
+        text-align: left; max-width: 42em; margin: 0 auto; color: #000000; background: #ffffff; }
+.nightMode.card { color: #eeeeee; background: #222222; }
 [lang="ja"] { font-family: "Hiragino Sans", "Hiragino Kaku Gothic ProN", "Noto Sans CJK JP", "Noto Sans JP",
               "Yu Gothic", Meiryo, sans-serif; }
 .term { font-size: 28px; font-weight: bold; text-align: center; }
-.term-other { text-align: center; color: #666; }
+.term-other { text-align: center; color: #595959; }
+.nightMode .term-other { color: #b3b3b3; }
 .explanation { margin-top: 0.6em; }
 .figure img { max-width: 100%; }
-.exercise { margin-top: 0.8em; font-size: 16px; color: #666; }
+.cue { font-size: 16px; text-align: center; color: #595959; margin-bottom: 0.6em; }
+.nightMode .cue { color: #b3b3b3; }
+.exercise { margin-top: 0.8em; font-size: 16px; color: #595959; }
+.nightMode .exercise { color: #b3b3b3; }
+.front-context .more, .back-context .cue { display: none; }
 .cloze { font-weight: bold; color: #1565c0; }
+.nightMode .cloze { color: #90caf9; }
+details { margin-top: 0.6em; font-size: 18px; }
+summary { color: #595959; cursor: pointer; }
+.nightMode summary { color: #b3b3b3; }
 """
 
+# Field lists and template names are the note types' schema: Anki updates a note on re-import only when the
+# incoming note type has the same schema as the one in the collection (otherwise the note "conflicts" and stays
+# old, unless the learner ticks "Merge note types"). So the first edition's fields stay as they were: the basic
+# note's "Exercise" field now holds the whole context line (cue, exercise, deeper week), and the cloze texts
+# start with their cue. Reverse cards are a note type of their own, new in the second edition.
 BASIC_FIELDS = ("Id", "Term_ja", "Term_en", "Explanation_ja", "Explanation_en", "Figure", "Exercise")
 CLOZE_FIELDS = ("Id", "Text_ja", "Text_en", "Term_ja", "Term_en", "Figure")
+REVERSE_FIELDS = ("Id", "Definition_ja", "Definition_en", "Term_ja", "Term_en", "Context")
+OTHER = {"ja": "en", "en": "ja"}
+SUMMARY = {"en": "English", "ja": '<span lang="ja">日本語</span>'}
 
-_JA = '<div lang="ja" class="{cls}">{{{{{field}}}}}</div>'
-_EN = '<div lang="en" class="{cls}">{{{{{field}}}}}</div>'
+
+def _field(lang: str, field: str, cls: str, kind: str = "") -> str:
+    return f'<div lang="{lang}" class="{cls}">{{{{{kind}{field}}}}}</div>'
+
+
+def _details(lang: str, inner: str) -> str:
+    """The other language, on demand: a closed <details> block (Anki's webview and AnkiDroid support it)."""
+    return f'<details lang="{lang}"><summary>{SUMMARY[lang]}</summary>{inner}</details>'
+
+
+def _primary(lang: str) -> str:
+    return "ja" if lang == "both" else lang
+
+
 _FIGURE = '{{#Figure}}<div class="figure">{{Figure}}</div>{{/Figure}}'
-EXERCISE_LABEL = {"ja": '<span lang="ja">演習</span>', "en": "Exercise",
-                  "both": 'Exercise / <span lang="ja">演習</span>'}
-_EXERCISE = {lang: f'{{{{#Exercise}}}}<div class="exercise">{label}: {{{{Exercise}}}}</div>{{{{/Exercise}}}}'
-             for lang, label in EXERCISE_LABEL.items()}
+_FRONT_CONTEXT = '{{#Exercise}}<div class="front-context">{{Exercise}}</div>{{/Exercise}}'
+_BACK_CONTEXT = '{{#Exercise}}<div class="back-context">{{Exercise}}</div>{{/Exercise}}'
 
 
 def _basic_templates(lang: str) -> list[dict]:
-    ja_term, en_term = _JA.format(cls="term", field="Term_ja"), _EN.format(cls="term", field="Term_en")
-    ja_expl = _JA.format(cls="explanation", field="Explanation_ja")
-    en_expl = _EN.format(cls="explanation", field="Explanation_en")
-    if lang == "ja":
-        front = ja_term
-        back = f'{front}<div class="term-other">{{{{Term_en}}}}</div><hr id="answer">{ja_expl}'
-    elif lang == "en":
-        front = en_term
-        back = f'{front}<hr id="answer">{en_expl}'
-    else:
-        front = ja_term + _EN.format(cls="term-other", field="Term_en")
-        back = f'{front}<hr id="answer">{ja_expl}<hr>{en_expl}'
+    """One language on the front; in 'both', the other language only in a closed <details> block."""
+    one = _primary(lang)
+    front = _FRONT_CONTEXT + _field(one, f"Term_{one}", "term")
+    back_text = _field(one, f"Explanation_{one}", "explanation")
+    if lang == "both":
+        front += _details("en", _field("en", "Term_en", "term-other"))
+        back_text += _details("en", _field("en", "Explanation_en", "explanation"))
     name = {"ja": "用語 → 説明", "en": "Term → explanation", "both": "Term → explanation (ja + en)"}[lang]
-    return [{"name": name, "qfmt": front, "afmt": back + _FIGURE + _EXERCISE[lang]}]
+    return [{"name": name, "qfmt": front,
+             "afmt": f'{front}<hr id="answer">{back_text}{_FIGURE}{_BACK_CONTEXT}'}]
 
 
 def _cloze_templates(lang: str) -> list[dict]:
-    ja = '<div lang="ja">{{cloze:Text_ja}}</div>'
-    en = '<div lang="en">{{cloze:Text_en}}</div>'
-    front = {"ja": ja, "en": en, "both": f"{ja}<hr>{en}"}[lang]
-    terms = {"ja": _JA.format(cls="term-other", field="Term_ja"), "en": _EN.format(cls="term-other", field="Term_en"),
-             "both": _JA.format(cls="term-other", field="Term_ja") + _EN.format(cls="term-other", field="Term_en")}
-    return [{"name": "Cloze", "qfmt": front, "afmt": f"{front}<hr id=\"answer\">{terms[lang]}{_FIGURE}"}]
+    one = _primary(lang)
+    front = f'<div lang="{one}">{{{{cloze:Text_{one}}}}}</div>'
+    terms = _field(one, f"Term_{one}", "term-other")
+    if lang == "both":
+        front += _details("en", '<div lang="en">{{cloze:Text_en}}</div>')
+        terms += _details("en", _field("en", "Term_en", "term-other"))
+    return [{"name": "Cloze", "qfmt": front, "afmt": f'{front}<hr id="answer">{terms}{_FIGURE}'}]
+
+
+def _reverse_templates(lang: str) -> list[dict]:
+    """Definition -> term. The context line is the front's cue only (it never names the term)."""
+    one = _primary(lang)
+    front = '<div class="cue">{{Context}}</div>' + _field(one, f"Definition_{one}", "explanation")
+    answer = _field(one, f"Term_{one}", "term")
+    if lang == "both":
+        front += _details("en", _field("en", "Definition_en", "explanation"))
+        answer += _details("en", _field("en", "Term_en", "term-other"))
+    name = {"ja": "説明 → 用語", "en": "Definition → term", "both": "Definition → term (ja + en)"}[lang]
+    return [{"name": name, "qfmt": front, "afmt": f'{front}<hr id="answer">{answer}'}]
 
 
 def stable_id(*parts: str) -> int:
@@ -115,29 +153,43 @@ def deck_name(lang: str, concept: Concept, section_number: int) -> str:
     return f"{ROOT_DECK[lang]}::{section_number:02d} {title}"
 
 
-def note_fields(concept: Concept) -> tuple[list[str], list[str] | None]:
-    """The field values of the concept's basic note (BASIC_FIELDS) and cloze note (CLOZE_FIELDS, or None)."""
+def note_fields(concept: Concept, lang: str) -> dict[str, list[str]]:
+    """The field values of the concept's notes in the `lang` variant: {"basic": BASIC_FIELDS values, and
+    "cloze": CLOZE_FIELDS, "reverse": REVERSE_FIELDS where the concept has them}."""
     c = concept
-    figure = f'<img src="{media_name(c.figure)}">' if c.figure else ""
-    basic = [c.id, c.term_ja, c.term_en, c.explanation_ja, c.explanation_en, figure, exercise_label(c.exercise)]
-    cloze = [c.id, c.cloze_ja, c.cloze_en, c.term_ja, c.term_en, figure] if c.cloze_ja else None
-    return basic, cloze
+    one = _primary(lang)
+    figure = f'<img src="{media_name(c.figure, one)}">' if c.figure else ""
+    cue_line = cue(c, one)
+    more = [x for x in (exercise_label(c.exercise, one), deeper_note(c, one)) if x]
+    context = f'<div class="cue">{html.escape(cue_line)}</div>'
+    if more:
+        context += f'<div class="more exercise">{" · ".join(more)}</div>'
+    fields = {"basic": [c.id, c.term_ja, c.term_en, c.explanation_ja, c.explanation_en, figure, context]}
+    if c.cloze_ja:
+        cue_div = {code: f'<div class="cue">{html.escape(cue(c, code))}</div>' for code in ("ja", "en")}
+        fields["cloze"] = [c.id, cue_div["ja"] + c.cloze_ja, cue_div["en"] + c.cloze_en, c.term_ja, c.term_en,
+                           figure]
+    if c.reverse_ja:
+        fields["reverse"] = [c.id, c.reverse_ja, c.reverse_en, c.term_ja, c.term_en, html.escape(cue_line)]
+    return fields
 
 
 def content_hash(concept: Concept) -> str:
-    """A hash of what the concept's notes hold (fields and tags); its lecture position and source file are not
-    content. Figures count by name: their PNG bytes vary with the matplotlib version."""
-    content = {"fields": note_fields(concept), "tags": concept.tags}
+    """A hash of what the concept's notes hold in every variant (fields and tags); its lecture position and source
+    file are not content. Figures count by name: their PNG bytes vary with the matplotlib version."""
+    content = {"fields": {lang: note_fields(concept, lang) for lang in LANGS}, "tags": concept.tags}
     return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def exercise_label(exercise_id: str | None) -> str:
-    """'<code>exercises/03_sampling.ipynb</code> (Greedy, temperature, ...)', from the one list of exercises."""
+def exercise_label(exercise_id: str | None, lang: str = "en") -> str:
+    """'Exercise 3: Greedy, temperature, top-k and top-p sampling' (or 演習 3：...), from the one list of exercises.
+    Cards name the exercise, never a path in the repository."""
     if exercise_id is None:
         return ""
-    from llmstudy.exercises import by_id
-    ex = by_id(exercise_id)
-    return f"<code>exercises/{html.escape(ex.notebook)}</code> ({html.escape(ex.title)})"
+    from llmstudy.exercises import EXERCISES
+    number, ex = next((i, e) for i, e in enumerate(EXERCISES, 1) if e.id == exercise_id)
+    title = html.escape(ex.title)
+    return f"演習 {number}：{title}" if lang == "ja" else f"Exercise {number}: {title}"
 
 
 # --- modification times -----------------------------------------------------------------------------------------
@@ -241,8 +293,8 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
     revisions = Revisions.load(revisions_path)
     t = now()
 
-    basic_model, cloze_model = _models(lang)
-    for model in (basic_model, cloze_model):
+    models = _models(lang)
+    for model in models.values():
         model.mod = revisions.stamp(f"notetype:{model.name}", _model_hash(model), t)
 
     root = genanki.Deck(stable_id("deck", ROOT_DECK[lang]), ROOT_DECK[lang], description=ROOT_DESCRIPTION[lang])
@@ -253,24 +305,21 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
         mod = revisions.stamp(c.id, content_hash(c), t)
         name = deck_name(lang, c, numbers[c.section])
         deck = decks.setdefault(name, genanki.Deck(stable_id("deck", name), name))
-        basic_fields, cloze_fields = note_fields(c)
-        # due = lecture position: Anki introduces new cards in due order.
-        notes = [_note(mod, model=basic_model, fields=basic_fields, tags=list(c.tags),
-                       guid=note_guid(lang, "basic", c.id), due=c.order)]
-        if cloze_fields:
-            notes.append(_note(mod, model=cloze_model, fields=cloze_fields, tags=list(c.tags),
-                               guid=note_guid(lang, "cloze", c.id), due=c.order))
-        for note in notes:
+        for kind, fields in note_fields(c, lang).items():
+            # due = lecture position: Anki introduces new cards in due order.
+            note = _note(mod, model=models[kind], fields=fields, tags=list(c.tags), guid=note_guid(lang, kind, c.id),
+                         due=c.order)
             deck.add_note(note)
             n_notes += 1
             n_cards += len(note.cards)
     revisions.prune(c.id for c in concepts)
 
+    one = _primary(lang)
     figure_names = sorted({c.figure for c in concepts if c.figure})
     with tempfile.TemporaryDirectory(prefix="llmstudy-cards-") as tmp:
         media = []
         for name in figure_names:
-            media += figures.render_all([name], Path(tmp))
+            media += figures.render_all([name], Path(tmp), one)
             if progress:
                 progress(name)
         package = genanki.Package(list(decks.values()), media_files=[str(p) for p in media])
@@ -280,18 +329,20 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
     # Record the new times only once the deck is written: a failed build must not claim an export happened.
     saved = revisions.save()
     return BuildSummary(Path(out), "apkg", lang, len(concepts), n_notes, n_cards, list(decks),
-                        [media_name(n) for n in figure_names], revisions.changed, saved, revisions.path)
+                        [media_name(n, one) for n in figure_names], revisions.changed, saved, revisions.path)
 
 
-def _models(lang: str):
-    """The (basic, cloze) note types of the `lang` variant."""
+def _models(lang: str) -> dict:
+    """The note types of the `lang` variant, by note kind: basic, cloze and reverse."""
     import genanki
     basic = _model(stable_id("model", "concept", lang), f"llmstudy concept ({lang})",
                    fields=[{"name": f} for f in BASIC_FIELDS], templates=_basic_templates(lang), css=CSS)
     cloze = _model(stable_id("model", "cloze", lang), f"llmstudy cloze ({lang})",
                    fields=[{"name": f} for f in CLOZE_FIELDS], templates=_cloze_templates(lang), css=CSS,
                    model_type=genanki.Model.CLOZE)
-    return basic, cloze
+    reverse = _model(stable_id("model", "reverse", lang), f"llmstudy reverse ({lang})",
+                     fields=[{"name": f} for f in REVERSE_FIELDS], templates=_reverse_templates(lang), css=CSS)
+    return {"basic": basic, "cloze": cloze, "reverse": reverse}
 
 
 def stale_revisions(concepts: list[Concept], revisions_path: Path) -> list[str]:
@@ -300,7 +351,7 @@ def stale_revisions(concepts: list[Concept], revisions_path: Path) -> list[str]:
     entries = Revisions.load(revisions_path).entries
     current = {c.id: content_hash(c) for c in concepts}
     for lang in LANGS:
-        current |= {f"notetype:{m.name}": _model_hash(m) for m in _models(lang)}
+        current |= {f"notetype:{m.name}": _model_hash(m) for m in _models(lang).values()}
     return sorted(key for key, digest in current.items() if entries.get(key, {}).get("sha256") != digest)
 
 
@@ -314,25 +365,32 @@ def build_csv(concepts: list[Concept], out: Path, lang: str = "both") -> BuildSu
     buffer.write("#separator:tab\n#html:true\n#guid column:1\n#notetype column:2\n#deck column:3\n#tags column:6\n")
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     decks = [ROOT_DECK[lang]]
+    one = _primary(lang)
     n_notes = 0
+
+    def text(c: Concept, name: str) -> str:
+        """One language, with the other in a <details> block in 'both'."""
+        main = getattr(c, f"{name}_{one}")
+        main = _ja(main) if one == "ja" else f"<div>{main}</div>"
+        return main + (_details("en", getattr(c, f"{name}_en")) if lang == "both" else "")
+
     for c in concepts:
         deck = deck_name(lang, c, numbers[c.section])
         if deck not in decks:
             decks.append(deck)
         tags = " ".join(c.tags)
-        front = {"ja": _ja(c.term_ja), "en": c.term_en, "both": _ja(c.term_ja) + f"<div>{c.term_en}</div>"}[lang]
-        exercise = exercise_label(c.exercise)
-        back = {"ja": f"<div>{c.term_en}</div>" + _ja(c.explanation_ja),
-                "en": f"<div>{c.explanation_en}</div>",
-                "both": _ja(c.explanation_ja) + f"<hr><div>{c.explanation_en}</div>"}[lang]
-        if exercise:
-            back += f"<div>{EXERCISE_LABEL[lang]}: {exercise}</div>"
-        writer.writerow([note_guid(lang, "basic", c.id), "Basic", deck, front, back, tags])
+        context = f"<div>{html.escape(cue(c, one))}</div>"
+        more = " · ".join(x for x in (exercise_label(c.exercise, one), deeper_note(c, one)) if x)
+        back = text(c, "explanation") + (f"<div>{more}</div>" if more else "")
+        writer.writerow([note_guid(lang, "basic", c.id), "Basic", deck, context + text(c, "term"), back, tags])
         n_notes += 1
         if c.cloze_ja:
-            text = {"ja": _ja(c.cloze_ja), "en": c.cloze_en, "both": _ja(c.cloze_ja) + f"<hr><div>{c.cloze_en}</div>"}
-            extra = {"ja": _ja(c.term_ja), "en": c.term_en, "both": _ja(c.term_ja) + f"<div>{c.term_en}</div>"}
-            writer.writerow([note_guid(lang, "cloze", c.id), "Cloze", deck, text[lang], extra[lang], tags])
+            writer.writerow([note_guid(lang, "cloze", c.id), "Cloze", deck, context + text(c, "cloze"),
+                             text(c, "term"), tags])
+            n_notes += 1
+        if c.reverse_ja:
+            writer.writerow([note_guid(lang, "reverse", c.id), "Basic", deck, context + text(c, "reverse"),
+                             text(c, "term"), tags])
             n_notes += 1
     _atomic_write(Path(out), buffer.getvalue().encode("utf-8"))
     return BuildSummary(Path(out), "csv", lang, len(concepts), n_notes, n_notes, decks, [], [], True)

@@ -1,12 +1,16 @@
 """`llmstudy review`: spaced repetition of the deck's concepts in the terminal, scheduled by FSRS.
 
-One card per concept, keyed by the concept id (the same id the Anki deck uses for note GUIDs). The scheduler is
-py-fsrs with its default parameters; only the desired retention is configurable. Interval fuzz is off: it spreads
-large collections' review peaks, but a ~60-card deck has none, and exact intervals keep every session reproducible.
+One card per concept, keyed by the concept id (the same id the Anki deck uses for note GUIDs), and one more per
+concept that has a reverse card (definition -> term), keyed `<id>~reverse`. A concept split in the second edition
+kept its id for the part closest to its old meaning, so that card keeps its history. The scheduler is py-fsrs with
+its default parameters until `llmstudy review --optimize` fits them to the learner's history (cards/optimize.py);
+the desired retention is configurable. Interval fuzz is off: it spreads large collections' review peaks, but a
+~90-card deck has none, and exact intervals keep every session reproducible.
 
-Which card comes next, like Anki: learning cards that are due, then review cards due today, then new cards in
-lecture order (at most `new_per_day` first ratings per day), then learning cards due within LEARN_AHEAD. A day
-starts at DAY_STARTS_AT local time, so a session past midnight still counts for the evening it began.
+Which card comes next, like Anki: learning cards that are due, then review cards due today, then new cards that a
+failed graded test brought forward today (`--from-results`), then new cards in lecture order (at most
+`new_per_day` first ratings per day), then learning cards due within LEARN_AHEAD. A day starts at DAY_STARTS_AT
+local time, so a session past midnight still counts for the evening it began.
 
 The clock is an argument (`now: Callable[[], datetime]`, timezone-aware) so tests run on a fixed one.
 """
@@ -47,9 +51,45 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("llmstudy")) / "review.sqlite3"
 
 
-def make_scheduler(retention: float = DEFAULT_RETENTION) -> Scheduler:
-    """FSRS with default parameters and learning steps, the given desired retention, no fuzz (see module doc)."""
-    return Scheduler(desired_retention=retention, enable_fuzzing=False)
+REVERSE = "~reverse"                   # suffix of a reverse card's key; '~' never occurs in a concept id
+
+
+def make_scheduler(retention: float = DEFAULT_RETENTION, parameters: Sequence[float] | None = None) -> Scheduler:
+    """FSRS with the given parameters (default: py-fsrs's) and default learning steps, the given desired retention,
+    no fuzz (see module doc)."""
+    if parameters is None:
+        return Scheduler(desired_retention=retention, enable_fuzzing=False)
+    return Scheduler(parameters=tuple(parameters), desired_retention=retention, enable_fuzzing=False)
+
+
+def store_scheduler(store: Store, retention: float = DEFAULT_RETENTION) -> Scheduler:
+    """The scheduler for this learner: the parameters --optimize stored, else the defaults."""
+    fitted = store.parameters()
+    return make_scheduler(retention, None if fitted is None else fitted[0])
+
+
+@dataclass(frozen=True)
+class Item:
+    """One review card: a concept, asked term -> explanation (or its cloze), or definition -> term when reverse."""
+    key: str
+    concept: Concept
+    reverse: bool = False
+
+
+def items(concepts: Sequence[Concept]) -> list[tuple[Item, int]]:
+    """Every review card of the deck with its position: a concept's reverse card comes right after it."""
+    out = []
+    for c in concepts:
+        out.append((Item(c.id, c), 2 * c.order - 1))
+        if c.reverse_en:
+            out.append((Item(c.id + REVERSE, c, reverse=True), 2 * c.order))
+    return out
+
+
+def keys_for(concept_ids: Sequence[str], concepts: Sequence[Concept]) -> list[str]:
+    """The review-card keys of these concepts (each with its reverse card, if any)."""
+    wanted = set(concept_ids)
+    return [item.key for item, _ in items(concepts) if item.concept.id in wanted]
 
 
 def system_clock() -> datetime:
@@ -71,10 +111,15 @@ def day_start(now: datetime) -> datetime:
     return start if now >= start else start - timedelta(days=1)
 
 
-def sync(store: Store, concepts: Sequence[Concept]) -> dict[str, Concept]:
-    """Bring the store in line with the deck; returns the concepts by id."""
-    store.sync([(c.id, c.order) for c in concepts])
-    return {c.id: c for c in concepts}
+def sync(store: Store, concepts: Sequence[Concept]) -> dict[str, Item]:
+    """Bring the store in line with the deck; returns the review cards by key."""
+    pairs = items(concepts)
+    store.sync([(item.key, position) for item, position in pairs])
+    return {item.key: item for item, _ in pairs}
+
+
+def _pulled_today(card: StoredCard, now: datetime) -> bool:
+    return card.fsrs is None and card.pulled_at is not None and card.pulled_at >= day_start(now)
 
 
 def new_left_today(store: Store, now: datetime, new_per_day: int) -> int:
@@ -92,6 +137,9 @@ def next_card(cards: Sequence[StoredCard], now: datetime, new_left: int) -> Stor
                       and c.fsrs.due < day_end), key=lambda c: c.fsrs.due)
     if reviews:
         return reviews[0]
+    pulled = [c for c in cards if _pulled_today(c, now)]
+    if pulled:
+        return pulled[0]
     new = [c for c in cards if c.fsrs is None]     # already in lecture order
     if new and new_left > 0:
         return new[0]
@@ -107,8 +155,9 @@ def due_now(store: Store, now: datetime, new_per_day: int) -> int:
     day_end = day_start(now) + timedelta(days=1)
     due = sum(c.fsrs is not None and (c.fsrs.due <= now + LEARN_AHEAD if c.fsrs.state != State.Review
                                       else c.fsrs.due < day_end) for c in cards)
-    new = sum(c.fsrs is None for c in cards)
-    return due + min(new, new_left_today(store, now, new_per_day))
+    pulled = sum(_pulled_today(c, now) for c in cards)
+    new = sum(c.fsrs is None for c in cards) - pulled
+    return due + pulled + min(new, new_left_today(store, now, new_per_day))
 
 
 def _fsrs_card(store: Store, card: StoredCard, now: datetime) -> Card:
@@ -264,29 +313,43 @@ def _langs(lang: str) -> tuple[str, ...]:
     return ("ja", "en") if lang == "both" else (lang,)
 
 
-def question(concept: Concept, lang: str) -> Text:
-    """The cloze sentence with its blanks where the concept has one in that language, else the term."""
-    parts = []
-    for code in _langs(lang):
-        sentence = getattr(concept, f"cloze_{code}")
-        parts.append(html_to_text(cloze(sentence, reveal=False)) if sentence else
-                     html_to_text(f"<b>{getattr(concept, f'term_{code}')}</b>"))
+def question(concept: Concept, lang: str, reverse: bool = False) -> Text:
+    """The front: the context cue, then the cloze sentence with its blanks where the concept has one (else the term),
+    or the definition of a reverse card. In "both", Japanese only: the English comes with the answer."""
+    from cards.data import cue
+    code = "ja" if lang == "both" else lang
+    parts = [Text(cue(concept, code), style="dim")]
+    sentence = getattr(concept, f"cloze_{code}")
+    if reverse:
+        parts.append(html_to_text(getattr(concept, f"reverse_{code}")))
+    elif sentence:
+        parts.append(html_to_text(cloze(sentence, reveal=False)))
+    else:
+        parts.append(html_to_text(f"<b>{getattr(concept, f'term_{code}')}</b>"))
     return Text("\n").join(parts)
 
 
-def answer(concept: Concept, lang: str) -> Text:
+def answer(concept: Concept, lang: str, reverse: bool = False) -> Text:
+    """The back; in "both", the Japanese answer first, then the English one dimmed."""
+    from cards.data import deeper_note
+    from cards.deck import exercise_label
     parts = []
     for code in _langs(lang):
         block = html_to_text(f"<b>{getattr(concept, f'term_{code}')}</b>")
-        block.append("\n")
-        block.append_text(html_to_text(getattr(concept, f"explanation_{code}")))
-        sentence = getattr(concept, f"cloze_{code}")
-        if sentence:
+        if not reverse:
             block.append("\n")
-            block.append_text(html_to_text(cloze(sentence, reveal=True)))
+            block.append_text(html_to_text(getattr(concept, f"explanation_{code}")))
+            sentence = getattr(concept, f"cloze_{code}")
+            if sentence:
+                block.append("\n")
+                block.append_text(html_to_text(cloze(sentence, reveal=True)))
+        if code == "en" and lang == "both":
+            block.stylize("dim")
         parts.append(block)
-    if concept.exercise:
-        parts.append(Text(f"Practise it: exercise '{concept.exercise}'", style="dim"))
+    code = "ja" if lang == "both" else lang
+    more = [x for x in (exercise_label(concept.exercise, code), deeper_note(concept, code)) if x]
+    if more:
+        parts.append(Text(" · ".join(more), style="dim"))
     return Text("\n\n").join(parts)
 
 
@@ -317,7 +380,7 @@ class SessionResult:
     stopped: bool           # the learner quit (q, Ctrl-C, end of input) before the queue ran out
 
 
-def run_session(store: Store, concepts: dict[str, Concept], scheduler: Scheduler, now: Callable[[], datetime],
+def run_session(store: Store, concepts: dict[str, Item], scheduler: Scheduler, now: Callable[[], datetime],
                 console: Console, *, lang: str = "both", limit: int | None = None,
                 new_per_day: int = DEFAULT_NEW_PER_DAY, read: Callable[[str], str | None] = ask) -> SessionResult:
     """Show due cards one at a time until none is left, `limit` ratings are given, or the learner quits.
@@ -336,16 +399,17 @@ def _session_loop(store, concepts, scheduler, now, console, ratings: list[Rating
         card = next_card(store.cards(), moment, new_left_today(store, moment, new_per_day))
         if card is None:
             return SessionResult(tuple(ratings), stopped=False)
-        concept = concepts[card.concept_id]
+        item = concepts[card.concept_id]
+        concept = item.concept
         kind = "new" if card.fsrs is None else card.fsrs.state.name.lower()
         left = due_now(store, moment, new_per_day)
         shown_at = time.monotonic()
-        console.print(Panel(question(concept, lang), title=f"{concept.section_title_en or concept.section}",
+        console.print(Panel(question(concept, lang, item.reverse), title=f"{concept.section_title_en or concept.section}",
                             subtitle=f"{kind} · {left} left", title_align="left", subtitle_align="right"))
         reply = read("Enter: show the answer, q: quit")
         if reply is None or reply.strip().lower() == "q":
             return SessionResult(tuple(ratings), stopped=True)
-        console.print(Panel(answer(concept, lang), border_style="green"))
+        console.print(Panel(answer(concept, lang, item.reverse), border_style="green"))
         options = preview(store, scheduler, card, moment)
         console.print("   ".join(f"[bold]{int(r)}[/] {r.name} [dim]{interval(d)}[/]" for r, d in options.items()))
         rating = _read_rating(read, console)

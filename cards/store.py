@@ -3,6 +3,9 @@
 Two tables. `cards` holds one row per concept id ever seen, with its FSRS state (`state` NULL = new, never rated);
 a concept that leaves the deck is marked `retired`, never deleted, so its history survives and comes back with it.
 `reviews` holds one row per rating, with the card's state before and after it, which is what FSRS optimisation needs.
+`parameters` holds at most one row: the FSRS parameters `llmstudy review --optimize` fitted to this history.
+A card's `pulled_at` is set when a failed graded test brought it forward (`--from-results`): a new card pulled that
+day is introduced regardless of the daily limit.
 
 Every rating is written in its own transaction (`record`), so Ctrl-C between two cards loses nothing already rated.
 Times are stored as ISO 8601 text in UTC. The schema version lives in `PRAGMA user_version`.
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from fsrs import Card, Rating, State
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 2: cards.pulled_at and the parameters table (a version-1 file is upgraded in place)
 NEW = 0     # `state_before` of a card's first rating; FSRS's own states are 1 Learning, 2 Review, 3 Relearning
 
 _SCHEMA = """
@@ -31,7 +34,8 @@ CREATE TABLE cards (
     stability   REAL,
     difficulty  REAL,
     due         TEXT,
-    last_review TEXT
+    last_review TEXT,
+    pulled_at   TEXT                        -- when grades last brought it forward; NULL = never
 );
 CREATE TABLE reviews (
     review_id      INTEGER PRIMARY KEY,
@@ -48,6 +52,23 @@ CREATE TABLE reviews (
     scheduled_days REAL NOT NULL            -- due - reviewed_at
 );
 CREATE INDEX reviews_by_card ON reviews (card_id, reviewed_at);
+""" + """
+CREATE TABLE parameters (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    parameters  TEXT NOT NULL,              -- JSON list of the FSRS parameters
+    fitted_at   TEXT NOT NULL,
+    reviews     INTEGER NOT NULL            -- how many reviews they were fitted on
+);
+"""
+_UPGRADE_1_TO_2 = """
+ALTER TABLE cards ADD COLUMN pulled_at TEXT;
+CREATE TABLE parameters (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    parameters  TEXT NOT NULL,
+    fitted_at   TEXT NOT NULL,
+    reviews     INTEGER NOT NULL
+);
+PRAGMA user_version = 2;
 """
 
 
@@ -61,6 +82,7 @@ class StoredCard:
     position: int
     retired: bool
     fsrs: Card | None       # None while the card is new
+    pulled_at: datetime | None = None   # when grades brought it forward
 
 
 @dataclass(frozen=True)
@@ -118,6 +140,9 @@ class Store:
                     db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
             elif not {"cards", "reviews"} <= tables:
                 raise StoreError(f"{path} is an SQLite file but not an llmstudy review database; {hint}")
+            elif version == 1:
+                with db:
+                    db.executescript("BEGIN;" + _UPGRADE_1_TO_2 + "COMMIT;")
         except sqlite3.DatabaseError as err:
             db.close()
             raise StoreError(f"{path} is not a readable review database ({err}); {hint}") from None
@@ -152,12 +177,12 @@ class Store:
         """Stored cards in lecture order."""
         where = "" if include_retired else "WHERE retired = 0"
         rows = self._db.execute(f"SELECT card_id, concept_id, position, retired, state, step, stability, difficulty, "
-                                f"due, last_review FROM cards {where} ORDER BY position, concept_id")
+                                f"due, last_review, pulled_at FROM cards {where} ORDER BY position, concept_id")
         return [StoredCard(concept_id, position, bool(retired), None if state is None else Card(
                     card_id=card_id, state=State(state), step=step, stability=stability, difficulty=difficulty,
-                    due=_time(due), last_review=_time(last_review)))
-                for card_id, concept_id, position, retired, state, step, stability, difficulty, due, last_review
-                in rows]
+                    due=_time(due), last_review=_time(last_review)), _time(pulled))
+                for card_id, concept_id, position, retired, state, step, stability, difficulty, due, last_review,
+                pulled in rows]
 
     def card_id(self, concept_id: str) -> int:
         row = self._db.execute("SELECT card_id FROM cards WHERE concept_id = ?", (concept_id,)).fetchone()
@@ -199,3 +224,30 @@ class Store:
         """How many cards had their very first rating at or after `start` (new cards introduced since then)."""
         return self._db.execute("SELECT COUNT(*) FROM (SELECT MIN(reviewed_at) AS first FROM reviews "
                                 "GROUP BY card_id) WHERE first >= ?", (_iso(start),)).fetchone()[0]
+
+    def bring_forward(self, concept_ids: list[str], now: datetime) -> list[str]:
+        """Make these cards due now: a rated card's due time moves to `now` (never later than it was), a new card is
+        marked pulled so that today's session introduces it. Returns the ids that exist and are active."""
+        moved = []
+        with self._db:
+            for cid in concept_ids:
+                row = self._db.execute("SELECT due FROM cards WHERE concept_id = ? AND retired = 0", (cid,)).fetchone()
+                if row is None:
+                    continue
+                if row[0] is not None and row[0] > _iso(now):
+                    self._db.execute("UPDATE cards SET due = ? WHERE concept_id = ?", (_iso(now), cid))
+                self._db.execute("UPDATE cards SET pulled_at = ? WHERE concept_id = ?", (_iso(now), cid))
+                moved.append(cid)
+        return moved
+
+    def parameters(self) -> tuple[list[float], datetime, int] | None:
+        """The fitted FSRS parameters, when they were fitted and on how many reviews; None = use the defaults."""
+        import json
+        row = self._db.execute("SELECT parameters, fitted_at, reviews FROM parameters WHERE id = 1").fetchone()
+        return None if row is None else (json.loads(row[0]), _time(row[1]), row[2])
+
+    def set_parameters(self, parameters: list[float], fitted_at: datetime, reviews: int) -> None:
+        import json
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO parameters (id, parameters, fitted_at, reviews) "
+                             "VALUES (1, ?, ?, ?)", (json.dumps(list(parameters)), _iso(fitted_at), reviews))

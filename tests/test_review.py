@@ -239,7 +239,8 @@ def test_real_ctrl_c_in_a_terminal_then_restart_with_the_real_deck(tmp_path):
     """The installed command on the real deck, in a pseudo-terminal: rate two cards, press Ctrl-C at the third;
     a new process then finds both ratings and goes on with the third concept in lecture order."""
     from cards.data import load_concepts
-    real = load_concepts()
+    real = [item.concept for item, _ in rv.items(load_concepts())]     # review cards in queue order
+    queue = [item.key for item, _ in rv.items(load_concepts())]
     assert len(real) >= 3
     db = tmp_path / "review.sqlite3"
     args = [sys.executable, "-m", "cli", "review", "--db", str(db), "--now", MONDAY_9AM.isoformat(), "--lang", "en"]
@@ -264,8 +265,8 @@ def test_real_ctrl_c_in_a_terminal_then_restart_with_the_real_deck(tmp_path):
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
     with Store.open(db) as store:
-        assert [(r.concept_id, r.rating) for r in store.reviews()] == [(real[0].id, Rating.Good),
-                                                                       (real[1].id, Rating.Easy)]
+        assert [(r.concept_id, r.rating) for r in store.reviews()] == [(queue[0], Rating.Good),
+                                                                       (queue[1], Rating.Easy)]
     env.pop("COLUMNS")
     restarted = subprocess.run(args, input="\nq\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert restarted.returncode == 0, restarted.stderr
@@ -373,8 +374,10 @@ def test_newer_schema_is_a_one_line_error(deck, db):
 def test_cards_render_html_and_cloze_for_the_terminal():
     c = concept(1, cloze_en="The {{c1::context window}} holds {{c2::tokens::unit}}.",
                 explanation_en="Keep the <i>k</i> most likely &amp; drop<br>the rest")
-    assert rv.question(c, "en").plain == "The [...] holds [unit]."
-    assert rv.question(c, "ja").plain == "用語1"                     # no Japanese cloze: the term
+    # The first line is the context cue (the lecture); the test concept's section has no title.
+    assert rv.question(c, "en").plain.splitlines()[1:] == ["The [...] holds [unit]."]
+    assert rv.question(c, "ja").plain.splitlines()[1:] == ["用語1"]      # no Japanese cloze: the term
+    assert rv.question(c, "en").plain.startswith("Lecture:")
     shown = rv.answer(c, "both").plain
     assert "Keep the k most likely & drop\nthe rest" in shown and "The context window holds tokens." in shown
     assert "<" not in shown and "{{" not in shown
