@@ -195,6 +195,8 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
         sandboxed = sandbox_mode(allow_unsandboxed, warn)     # refuse here, in one line, before starting anything
         device = resolve_device(device)
     else:
+        from grader.cluster import check_address
+        check_address(scheduler)
         sandboxed = True                                       # each remote worker checks for itself
     hidden = set(hide) | {str(Path(f).resolve().parent) for _, _, f in entries if f is not None}
     settings = Settings(device=device, sandboxed=sandboxed, allow_unsandboxed=allow_unsandboxed, timeout=timeout,
@@ -294,7 +296,8 @@ def _run(client, tasks: dict[int, tuple[Task, str]]):
     from distributed.scheduler import KilledWorker
 
     from grader.cluster import grade_task
-    futures = {client.submit(grade_task, task, pure=False, key=f"llmstudy-grade-{i}-{os.urandom(4).hex()}"): i
+    futures = {client.submit(grade_task, task, pure=False,
+                             key=f"llmstudy-grade-{task.exercise}-{i}-{os.urandom(4).hex()}"): i
                for i, (task, _) in tasks.items()}
     for future in as_completed(futures):
         i = futures[future]

@@ -227,18 +227,23 @@ def connect(scheduler: str | None, workers: int = 1):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
                                    dashboard_address=None, silence_logs=logging.ERROR)
         return Client(cluster), cluster
-    from distributed.comm import parse_address
-    try:
-        scheme, location = parse_address(scheduler)
-        host, _, port = location.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError("no port")
-    except ValueError:
-        raise ClusterUnavailable(f"--scheduler {scheduler}: not a scheduler address; give it as tcp://HOST:PORT "
-                                 "(what `dask scheduler` prints, e.g. tcp://10.0.0.5:8786)") from None
+    check_address(scheduler)
     try:
         return Client(scheduler, timeout=CONNECT_TIMEOUT), None
     except (OSError, TimeoutError) as exc:
         raise ClusterUnavailable(f"can't reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} "
                                  f"({type(exc).__name__}); start it with `dask scheduler`, or check the host, "
                                  "the port and the firewall") from None
+
+
+def check_address(scheduler: str) -> None:
+    """ClusterUnavailable unless `scheduler` looks like a scheduler's address (scheme://HOST:PORT or HOST:PORT)."""
+    from distributed.comm import parse_address
+    try:
+        _, location = parse_address(scheduler)
+        host, _, port = location.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("no port")
+    except ValueError:
+        raise ClusterUnavailable(f"--scheduler {scheduler}: not a scheduler address; give it as tcp://HOST:PORT "
+                                 "(what `dask scheduler` prints, e.g. tcp://10.0.0.5:8786)") from None
