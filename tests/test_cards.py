@@ -55,9 +55,14 @@ def notes_by_id(col) -> dict[str, object]:
     return out
 
 
+def expected_notes(concepts) -> int:
+    """A basic note per concept, plus a cloze note and a reverse note where the concept has them."""
+    return sum(1 + bool(c.cloze_ja) + bool(c.reverse_ja) for c in concepts)
+
+
 def expected_cards(concepts) -> int:
-    """One card per basic note, one per distinct cloze number."""
-    return sum(1 + len(set(re.findall(r"\{\{c(\d+)::", c.cloze_ja or ""))) for c in concepts)
+    """One card per basic and reverse note, one per distinct cloze number."""
+    return sum(1 + bool(c.reverse_ja) + len(set(re.findall(r"\{\{c(\d+)::", c.cloze_ja or ""))) for c in concepts)
 
 
 def write_concepts(directory: Path, files: dict[str, str]) -> Path:
@@ -188,10 +193,11 @@ def test_void_elements_and_escaped_angle_brackets_are_balanced(tmp_path):
 # --- figures ------------------------------------------------------------------------------------------------------
 def test_figures_are_byte_identical_across_renders_and_carry_no_software_stamp():
     for name in figures.FIGURES:
-        # render() is cached per process (the deck fixture may have filled it); draw() always draws anew.
-        first, second = figures.draw(name), figures.render(name)
-        assert first == second, name
-        assert first.startswith(b"\x89PNG") and b"Software" not in first and b"matplotlib" not in first, name
+        for lang in figures.LANGS:
+            # render() is cached per process (the deck fixture may have filled it); draw() always draws anew.
+            first, second = figures.draw(name, lang), figures.render(name, lang)
+            assert first == second, (name, lang)
+            assert first.startswith(b"\x89PNG") and b"Software" not in first and b"matplotlib" not in first, name
 
 
 def test_positional_encoding_follows_the_paper_formula():
@@ -228,8 +234,7 @@ def test_apkg_imports_with_every_note_card_field_and_deck(concepts, built, tmp_p
     d, summary = built
     col = new_collection(tmp_path)
     log = import_apkg(col, d / "deck.apkg")
-    n_cloze = sum(1 for c in concepts if c.cloze_ja)
-    assert len(log.new) == col.note_count() == len(concepts) + n_cloze == summary.notes
+    assert len(log.new) == col.note_count() == expected_notes(concepts) == summary.notes
     assert col.card_count() == expected_cards(concepts) == summary.cards
 
     notes = notes_by_id(col)
@@ -239,9 +244,12 @@ def test_apkg_imports_with_every_note_card_field_and_deck(concepts, built, tmp_p
         assert (basic["Term_ja"], basic["Term_en"], basic["Explanation_ja"], basic["Explanation_en"]) == \
                (c.term_ja, c.term_en, c.explanation_ja, c.explanation_en)
         assert set(basic.tags) == set(c.tags)
-        if c.cloze_ja:
-            assert (kinds["llmstudy cloze (both)"]["Text_ja"], kinds["llmstudy cloze (both)"]["Text_en"]) == \
-                   (c.cloze_ja, c.cloze_en)
+        if c.cloze_ja:     # each cloze text starts with its context cue
+            cloze = kinds["llmstudy cloze (both)"]
+            assert cloze["Text_ja"].endswith("</div>" + c.cloze_ja) and cloze["Text_en"].endswith("</div>" + c.cloze_en)
+        if c.reverse_ja:
+            reverse = kinds["llmstudy reverse (both)"]
+            assert (reverse["Definition_ja"], reverse["Term_en"]) == (c.reverse_ja, c.term_en)
         expected_deck = next(name for name in summary.decks if name.endswith(c.section_title_ja))
         assert {col.decks.name(card.did) for n in notes[c.id] for card in n.cards()} == {expected_deck}
 
@@ -267,7 +275,8 @@ def test_every_media_file_is_present_and_referenced(concepts, built, tmp_path):
     check = col.media.check()
     assert list(check.missing) == [] and list(check.unused) == []
     present = sorted(p.name for p in Path(col.media.dir()).iterdir())
-    assert present == sorted(figures.media_name(f) for f in {c.figure for c in concepts if c.figure}) == \
+    # The 'both' deck shows the Japanese side's figures (Japanese labels).
+    assert present == sorted(figures.media_name(f, "ja") for f in {c.figure for c in concepts if c.figure}) == \
         sorted(summary.media)
     with zipfile.ZipFile(d / "deck.apkg") as z:
         assert sorted(json.loads(z.read("media")).values()) == present
@@ -278,7 +287,7 @@ def test_japanese_text_is_marked_lang_ja(built, tmp_path):
     import_apkg(col, built[0] / "deck.apkg")
     card = col.get_card(col.find_cards('"Id:temperature" note:"llmstudy concept (both)"')[0])
     answer = card.answer()
-    assert '<div lang="ja" class="term">temperature(温度)</div>' in answer
+    assert '<div lang="ja" class="term">temperature（温度）</div>' in answer
     assert re.search(r'<div lang="ja" class="explanation">softmax の前に', answer)
 
 
@@ -290,13 +299,18 @@ def test_single_language_variants_show_only_their_language(concepts, lang, tmp_p
     import_apkg(col, out)
     assert col.card_count() == expected_cards(concepts)
     assert {d.name.split("::")[0] for d in col.decks.all_names_and_ids()} - {"Default"} == {ROOT_DECK[lang]}
-    by_id = {c.id: c for c in concepts}
+    c = {c.id: c for c in concepts}["top-p-sampling"]
+    other = "en" if lang == "ja" else "ja"
+    shown_all = ""
     for cid in col.find_cards('"Id:top-p-sampling"'):
         card = col.get_card(cid)
         shown = card.question() + card.answer()
-        c = by_id["top-p-sampling"]
-        assert (c.explanation_ja in shown) == (lang == "ja") or card.note_type()["type"] == 1   # cloze: no explanation
-        assert ("累積" in shown) == (lang == "ja") and ("cumulative" in shown) == (lang == "en")
+        shown_all += shown
+        for field in ("explanation", "reverse", "term"):
+            assert getattr(c, f"{field}_{other}") not in shown, (field, card.note_type()["name"])
+        assert "<details" not in shown           # only the 'both' variant offers the other language
+        assert ("累積" in shown) <= (lang == "ja") and ("cumulative" in shown) <= (lang == "en")
+    assert getattr(c, f"explanation_{lang}") in shown_all and getattr(c, f"reverse_{lang}") in shown_all
 
 
 def test_reimporting_a_rebuilt_deck_adds_and_updates_nothing(concepts, built, tmp_path):
@@ -310,7 +324,7 @@ def test_reimporting_a_rebuilt_deck_adds_and_updates_nothing(concepts, built, tm
     assert summary.restamped == []
     log = import_apkg(col, rebuilt)
     assert (len(log.new), len(log.updated)) == (0, 0)
-    assert col.note_count() == len(concepts) + sum(1 for c in concepts if c.cloze_ja)
+    assert col.note_count() == expected_notes(concepts)
 
 
 def test_learner_edits_survive_reimporting_an_unchanged_deck(built, tmp_path):
@@ -351,13 +365,13 @@ def test_the_same_data_gives_a_byte_identical_deck(concepts, built, tmp_path):
     figures.render.cache_clear()             # draw the figures again rather than reuse this process's PNGs
     build_apkg(concepts, tmp_path / "again.apkg", "both", revisions_path=revisions, now=lambda: T0 + 12345)
     assert (tmp_path / "again.apkg").read_bytes() == (d / "deck.apkg").read_bytes()
-    assert summary.notes > 50 and len(summary.media) == 5     # not trivially equal
+    assert summary.notes > 100 and len(summary.media) == 5     # not trivially equal
     with zipfile.ZipFile(d / "deck.apkg") as z:    # two quick builds could share a zip timestamp by luck: check it
         assert {info.date_time for info in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
 
 def test_a_failed_build_leaves_no_file_behind(concepts, tmp_path, monkeypatch):
-    def broken(name):
+    def broken(name, lang):
         raise RuntimeError("matplotlib broke")
     monkeypatch.setattr(figures, "render", broken)
     out = tmp_path / "deck.apkg"
@@ -378,11 +392,12 @@ def test_csv_has_ankis_header_lines_and_imports_into_stock_note_types(concepts, 
 
     col = new_collection(tmp_path / "col")
     log = col.import_csv(ImportCsvRequest(path=str(out), metadata=col.get_csv_metadata(str(out), None))).log
-    n_notes = len(concepts) + sum(1 for c in concepts if c.cloze_ja)
+    n_notes = expected_notes(concepts)
     assert len(log.new) == col.note_count() == n_notes == summary.notes
     assert {d.name for d in col.decks.all_names_and_ids()} - {"Default"} == set(summary.decks)
-    note = notes_by_id_csv(col)["temperature(温度)"]
-    assert "softmax(logits / <i>T</i>)" in note["Back"] and '<div lang="ja">' in note["Back"]
+    note = notes_by_id_csv(col)["temperature（温度）"]
+    assert "<code>softmax(logits / T)</code>" in note["Back"] and '<div lang="ja">' in note["Back"]
+    assert "<details" in note["Back"] and "<details" in note["Front"]         # English on demand
 
     again = col.import_csv(ImportCsvRequest(path=str(out), metadata=col.get_csv_metadata(str(out), None))).log
     assert len(again.new) == 0 and col.note_count() == n_notes
@@ -393,6 +408,6 @@ def notes_by_id_csv(col) -> dict[str, object]:
     out = {}
     for nid in col.find_notes('note:Basic'):
         note = col.get_note(nid)
-        m = re.match(r'<div lang="ja">(.*?)</div>', note["Front"])
-        out[m.group(1)] = note
+        m = re.match(r'<div>[^<]*</div><div lang="ja">(.*?)</div>', note["Front"])      # the cue, then the term
+        out.setdefault(m.group(1), note)       # a reverse note's front is its definition: never a term
     return out
