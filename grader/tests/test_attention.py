@@ -51,6 +51,7 @@ def attention_pair(submission, call: str, *args) -> tuple[torch.Tensor, torch.Te
 
 # ---------------------------------------------------------------------------------------------------------- softmax
 
+@pytest.mark.concepts("softmax-output")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_softmax_matches_exp_over_sum(submission):
@@ -59,6 +60,7 @@ def test_softmax_matches_exp_over_sum(submission):
     check_close(got, torch.softmax(x.double(), dim=-1), "softmax(x) for x of shape [3, 5]")
 
 
+@pytest.mark.concepts("softmax-output")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_softmax_is_stable_for_large_inputs(submission):
@@ -69,6 +71,7 @@ def test_softmax_is_stable_for_large_inputs(submission):
     check_close(got, torch.softmax(x.double(), dim=-1), "softmax(x * 1000)")
 
 
+@pytest.mark.concepts("softmax-output")
 @pytest.mark.points(1)
 def test_softmax_uses_the_dim_argument(submission):
     x = randn(3, 4, 5, seed=3, scale=2.0)
@@ -77,6 +80,7 @@ def test_softmax_uses_the_dim_argument(submission):
         check_close(got, torch.softmax(x.double(), dim=dim), f"softmax(x, dim={dim}) for x of shape [3, 4, 5]")
 
 
+@pytest.mark.concepts("softmax-output", "decoder")
 @pytest.mark.points(1)
 def test_softmax_gives_minus_inf_zero_weight(submission):
     x = randn(2, 6, seed=4)
@@ -99,6 +103,7 @@ def check_causal_mask(submission, n: int):
     return None
 
 
+@pytest.mark.concepts("decoder")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_causal_mask_lets_query_i_see_keys_up_to_i(submission):
@@ -106,6 +111,7 @@ def test_causal_mask_lets_query_i_see_keys_up_to_i(submission):
     assert problem is None, problem
 
 
+@pytest.mark.concepts("decoder")
 @pytest.mark.points(1)
 def test_causal_mask_other_sizes(submission):
     for n in (1, 7):
@@ -115,6 +121,7 @@ def test_causal_mask_other_sizes(submission):
 
 # ------------------------------------------------------------------------------------- scaled_dot_product_attention
 
+@pytest.mark.concepts("self-attention")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_sdpa_without_mask_matches_pytorch(submission):
@@ -125,6 +132,7 @@ def test_sdpa_without_mask_matches_pytorch(submission):
     check_close(out, F.scaled_dot_product_attention(q, k, v), call, "out")
 
 
+@pytest.mark.concepts("self-attention", "decoder")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_sdpa_mask_true_means_may_attend(submission):
@@ -140,6 +148,7 @@ def test_sdpa_mask_true_means_may_attend(submission):
     check_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), call, "out")
 
 
+@pytest.mark.concepts("self-attention", "decoder")
 @pytest.mark.points(1)
 def test_sdpa_causal_with_batch_and_heads_matches_pytorch(submission):
     q, k, v = randn(2, 3, 6, 8, seed=16), randn(2, 3, 6, 8, seed=17), randn(2, 3, 6, 8, seed=18)
@@ -149,6 +158,7 @@ def test_sdpa_causal_with_batch_and_heads_matches_pytorch(submission):
     check_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), call, "out")
 
 
+@pytest.mark.concepts("self-attention")
 @pytest.mark.points(1)
 def test_sdpa_rectangular_shapes_and_broadcast_padding_mask(submission):
     q, k, v = randn(2, 2, 3, 8, seed=19), randn(2, 2, 5, 8, seed=20), randn(2, 2, 5, 4, seed=21)
@@ -160,6 +170,7 @@ def test_sdpa_rectangular_shapes_and_broadcast_padding_mask(submission):
         f"{call}: weights have shape {list(weights.shape)}; expected [..., Lq, Lk] = [2, 2, 3, 5]"
 
 
+@pytest.mark.concepts("self-attention")
 @pytest.mark.points(1)
 def test_sdpa_weights_are_softmax_of_scaled_scores(submission):
     q, k, v = randn(4, 16, seed=22, scale=2.0), randn(6, 16, seed=23, scale=2.0), randn(6, 3, seed=24)
@@ -192,6 +203,7 @@ def learner_mha(submission, query, key, value, num_heads, weights, mask=None, pl
     return as_tensor(out, "multi_head_attention(...)")
 
 
+@pytest.mark.concepts("multi-head-attention", "self-attention")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_mha_self_attention_matches_torch_multihead_attention(submission):
@@ -257,6 +269,7 @@ def learner_attention_in_bert(submission, model, attention_mask: torch.Tensor):
             del attention.forward                                       # back to BertAttention.forward
 
 
+@pytest.mark.concepts("multi-head-attention", "encoder-only-model")
 @pytest.mark.public
 @pytest.mark.points(3)
 def test_mha_inside_every_minilm_layer_gives_the_same_embeddings(submission):
@@ -282,6 +295,7 @@ def test_mha_inside_every_minilm_layer_gives_the_same_embeddings(submission):
         f"{sentences[worst]!r} is off by up to {float(err[worst]):.3g} (allowed 1e-4); {hint}"
 
 
+@pytest.mark.concepts("multi-head-attention", "encoder-decoder-model")
 @pytest.mark.points(2)
 def test_mha_cross_attention_with_padding_mask(submission):
     mha, weights = torch_mha(24, 6, seed=32)
@@ -294,6 +308,7 @@ def test_mha_cross_attention_with_padding_mask(submission):
                 "mask [2, 1, 1, 7]), compared with torch.nn.MultiheadAttention")
 
 
+@pytest.mark.concepts("multi-head-attention", "decoder")
 @pytest.mark.points(1)
 def test_mha_causal_mask(submission):
     mha, weights = torch_mha(16, 2, seed=35)
@@ -306,6 +321,7 @@ def test_mha_causal_mask(submission):
                 "compared with torch.nn.MultiheadAttention")
 
 
+@pytest.mark.concepts("multi-head-attention")
 @pytest.mark.points(1)
 def test_mha_matches_with_one_head_and_many_heads(submission):
     x = randn(1, 4, 12, seed=37)
@@ -317,6 +333,7 @@ def test_mha_matches_with_one_head_and_many_heads(submission):
         check_close(got, want, f"multi_head_attention(x, x, x, num_heads={heads}) with x [1, 4, 12]")
 
 
+@pytest.mark.concepts("multi-head-attention", "self-attention")
 @pytest.mark.points(1)
 def test_mha_accepts_any_callable_projection(submission):
     _, weights = torch_mha(8, 2, seed=40)

@@ -205,6 +205,7 @@ def greedy_capital(submission, request) -> torch.Tensor:
     return once_per_grade(request, "greedy_capital", lambda: learner_generate(submission, CAPITAL, 8, GREEDY_CALL))
 
 
+@pytest.mark.concepts("autoregressive-generation", "completion")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_returns_prompt_followed_by_new_tokens(greedy_capital):
@@ -212,12 +213,14 @@ def test_returns_prompt_followed_by_new_tokens(greedy_capital):
     assert greedy_capital.shape[1] > encode(*CAPITAL).shape[1], f"{GREEDY_CALL} added no tokens"
 
 
+@pytest.mark.concepts("greedy-decoding", "autoregressive-generation")
 @pytest.mark.public
 @pytest.mark.points(3)
 def test_greedy_matches_transformers_generate(greedy_capital):
     check_same_tokens(greedy_capital, reference(CAPITAL, 8), encode(*CAPITAL).shape[1], GREEDY_CALL)
 
 
+@pytest.mark.concepts("max-new-tokens")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_never_more_than_max_new_tokens(submission):
@@ -228,6 +231,7 @@ def test_never_more_than_max_new_tokens(submission):
         assert got == n, f"{call} produced {got} new tokens; without eos_token_id it should produce exactly {n}"
 
 
+@pytest.mark.concepts("stop-token")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_stops_at_eos_and_keeps_it(submission):
@@ -239,6 +243,7 @@ def test_stops_at_eos_and_keeps_it(submission):
     check_same_tokens(got, want, encode(*CAPITAL).shape[1], call, eos)
 
 
+@pytest.mark.concepts("greedy-decoding", "autoregressive-generation")
 @pytest.mark.points(2)
 def test_greedy_batch_of_two_matches_transformers_generate(submission):
     call = "generate(model, input_ids, max_new_tokens=6) with a batch of 2 prompts (greedy)"
@@ -255,6 +260,7 @@ def eos_finishing(prompts: tuple[str, ...], steps: int, row: int, step: int) -> 
     return eos, first
 
 
+@pytest.mark.concepts("stop-token")
 @pytest.mark.points(2)
 def test_finished_row_is_padded_with_eos(submission):
     prompts = ("The best way to learn is", "In the morning I like to")
@@ -266,6 +272,7 @@ def test_finished_row_is_padded_with_eos(submission):
     check_same_tokens(got, reference(prompts, 5, eos), encode(*prompts).shape[1], call, eos)
 
 
+@pytest.mark.concepts("stop-token")
 @pytest.mark.points(2)
 def test_stops_early_once_every_row_finished(submission):
     prompts = ("I opened the door and saw", "A cat is an animal that")
@@ -292,6 +299,7 @@ def sample(submission, prompts, max_new_tokens: int, seed: int, **kwargs) -> tup
     return learner_generate(submission, prompts, max_new_tokens, call, generator=generator, **kwargs), call
 
 
+@pytest.mark.concepts("top-k-sampling", "random-sampling")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_sampled_tokens_lie_in_the_top_k_support(submission):
@@ -299,12 +307,14 @@ def test_sampled_tokens_lie_in_the_top_k_support(submission):
     check_in_support(out, encode(*SAMPLED).shape[1], call, 1.0, top_k=5)
 
 
+@pytest.mark.concepts("top-k-sampling", "temperature")
 @pytest.mark.points(2)
 def test_sampled_tokens_respect_top_k_at_high_temperature(submission):
     out, call = sample(submission, SAMPLED, 4, seed=1, temperature=1.5, top_k=3)
     check_in_support(out, encode(*SAMPLED).shape[1], call, 1.5, top_k=3)
 
 
+@pytest.mark.concepts("top-p-sampling", "top-k-and-top-p-together", "temperature")
 @pytest.mark.points(2)
 def test_sampled_tokens_respect_temperature_then_top_p(submission):
     # T < 1 sharpens the distribution before top-p, so the correct nucleus is smaller than the untempered one.
@@ -312,6 +322,7 @@ def test_sampled_tokens_respect_temperature_then_top_p(submission):
     check_in_support(out, encode(*SAMPLED).shape[1], call, 0.6, top_p=0.5)
 
 
+@pytest.mark.concepts("low-temperature-and-greedy")
 @pytest.mark.points(1)
 def test_near_zero_temperature_samples_the_argmax(submission):
     prompt, temperature = ("Water boils at a temperature of",), 0.01
@@ -341,6 +352,7 @@ def seeded_samples(submission, request) -> dict:
     return once_per_grade(request, "seeded_samples", run)
 
 
+@pytest.mark.concepts("random-sampling")
 @pytest.mark.points(1)
 def test_sampling_is_reproducible_with_the_generator(seeded_samples):
     assert torch.equal(seeded_samples["6"], seeded_samples["6 again"]), \
@@ -348,6 +360,7 @@ def test_sampling_is_reproducible_with_the_generator(seeded_samples):
          "generator=generator")
 
 
+@pytest.mark.concepts("random-sampling")
 @pytest.mark.points(1)
 def test_different_seeds_give_different_samples(seeded_samples):
     # At temperature 1 over SmolLM2's whole vocabulary, three seeds agreeing on all 3 tokens is practically impossible
@@ -357,6 +370,7 @@ def test_different_seeds_give_different_samples(seeded_samples):
                                "three different seeds; draw from the distribution with the generator you are given")
 
 
+@pytest.mark.concepts("random-sampling", "top-k-sampling")
 @pytest.mark.points(2)
 def test_first_token_frequencies_follow_the_filtered_softmax(submission):
     prompt, rows, temperature, top_k = "He bought a", 128, 0.5, 4

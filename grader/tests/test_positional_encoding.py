@@ -56,6 +56,7 @@ def raised(submission, *args) -> list[str] | None:
     return submission.harness("exception_raised", "positional_encoding", *args)
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_shape_and_dtype(submission):
@@ -63,6 +64,7 @@ def test_shape_and_dtype(submission):
     assert out.dtype == torch.float32, f"positional_encoding(10, 16) returned {out.dtype}; return float32"
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_position_zero_is_sin_0_and_cos_0(submission):
@@ -74,6 +76,7 @@ def test_position_zero_is_sin_0_and_cos_0(submission):
         "sin(0) = 0 and every odd column is cos(0) = 1"
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_small_table_matches_the_formula(submission):
@@ -82,6 +85,7 @@ def test_small_table_matches_the_formula(submission):
     assert problem is None, problem
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_odd_d_model_raises_value_error(submission):
@@ -90,6 +94,7 @@ def test_odd_d_model_raises_value_error(submission):
     assert "ValueError" in kind, f"positional_encoding(4, 7) raised {kind[0]}; raise ValueError for an odd d_model"
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.points(1)
 def test_sizes_below_one_raise_value_error(submission):
     for args in [(0, 8), (5, 0), (-3, 8), (5, -2)]:
@@ -99,6 +104,7 @@ def test_sizes_below_one_raise_value_error(submission):
         assert "ValueError" in kind, f"{call} raised {kind[0]}; raise ValueError when a size is < 1"
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.points(2)
 def test_matches_distilbert_sinusoidal_embeddings(submission):
     from transformers.models.distilbert.modeling_distilbert import create_sinusoidal_embeddings
@@ -110,6 +116,7 @@ def test_matches_distilbert_sinusoidal_embeddings(submission):
     assert problem is None, problem
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.points(1)
 def test_512_positions_stay_accurate_in_float32(submission):
     got = table_from(submission, 512, 512)
@@ -118,6 +125,7 @@ def test_512_positions_stay_accurate_in_float32(submission):
     assert problem is None, problem
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.points(1)
 def test_base_argument_is_used(submission):
     got = table_from(submission, 20, 16, base=100.0)
@@ -125,6 +133,7 @@ def test_base_argument_is_used(submission):
     assert problem is None, problem
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.points(1)
 def test_d_model_2_is_one_sin_cos_pair(submission):
     got = table_from(submission, 12, 2)
@@ -132,6 +141,7 @@ def test_d_model_2_is_one_sin_cos_pair(submission):
     assert problem is None, problem
 
 
+@pytest.mark.concepts("positional-encoding")
 @pytest.mark.points(1)
 def test_unusual_shapes_match(submission):
     for seq_len, d_model in [(1, 2), (3, 10), (100, 6), (7, 34)]:

@@ -62,12 +62,14 @@ def check_text(got, want: str, call: str) -> None:
 
 # -------------------------------------------------------------------------------------------------------- templates
 
+@pytest.mark.concepts("zero-shot-inference", "answer-format-cue")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_zero_shot_prompt_follows_the_template(submission):
     check_text(submission.zero_shot_prompt(dialogue(3)), documented_prompt([], dialogue(3)), "zero_shot_prompt(dialogue)")
 
 
+@pytest.mark.concepts("one-shot-inference")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_one_shot_prompt_has_exactly_one_solved_example(submission):
@@ -80,6 +82,7 @@ def test_one_shot_prompt_has_exactly_one_solved_example(submission):
     check_text(got, documented_prompt([pair(0)], dialogue(3)), call)
 
 
+@pytest.mark.concepts("few-shot-inference")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_few_shot_prompt_keeps_the_examples_in_order(submission):
@@ -92,6 +95,7 @@ def test_few_shot_prompt_keeps_the_examples_in_order(submission):
     check_text(got, documented_prompt(EXAMPLES, dialogue(3)), call)
 
 
+@pytest.mark.concepts("few-shot-inference", "zero-shot-inference")
 @pytest.mark.points(1)
 def test_few_shot_prompt_without_examples_is_the_zero_shot_prompt(submission):
     check_text(submission.few_shot_prompt([], dialogue(4)), ref.zero_shot_prompt(dialogue(4)),
@@ -147,18 +151,21 @@ def budget(tokenizer_name: str, k: int, examples=None, new_dialogue: str | None 
     return n_tokens(tokenizer_name, documented_prompt(examples[:k], new_dialogue or dialogue(3)))
 
 
+@pytest.mark.concepts("context-window", "few-shot-limits")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_fit_uses_every_example_when_the_budget_allows(submission):
     check_fit(submission, "smollm2", EXAMPLES, dialogue(3), 2048)
 
 
+@pytest.mark.concepts("context-window")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_fit_a_budget_equal_to_the_prompt_length_fits(submission):
     check_fit(submission, "smollm2", EXAMPLES, dialogue(3), budget("smollm2", 2))
 
 
+@pytest.mark.concepts("context-window", "context-window-overflow")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_fit_raises_value_error_when_zero_shot_does_not_fit(submission):
@@ -169,17 +176,20 @@ def test_fit_raises_value_error_when_zero_shot_does_not_fit(submission):
     assert "ValueError" in result["raised"], f"{call} raised {result['raised'][0]}; raise ValueError"
 
 
+@pytest.mark.concepts("context-window", "few-shot-limits")
 @pytest.mark.points(2)
 def test_fit_one_token_short_drops_an_example(submission):
     check_fit(submission, "smollm2", EXAMPLES, dialogue(3), budget("smollm2", 2) - 1)
 
 
+@pytest.mark.concepts("context-window", "max-new-tokens")
 @pytest.mark.points(2)
 def test_fit_reserves_room_for_new_tokens(submission):
     for max_tokens in (budget("smollm2", 2) + 50, budget("smollm2", 2) + 49):
         check_fit(submission, "smollm2", EXAMPLES, dialogue(3), max_tokens, reserve=50)
 
 
+@pytest.mark.concepts("context-window", "token")
 @pytest.mark.points(2)
 def test_fit_counts_the_assembled_prompt_not_its_parts(submission):
     # SmolLM2's BPE merges across the joins: the parts, tokenized one by one, count fewer tokens than the whole.
@@ -189,6 +199,7 @@ def test_fit_counts_the_assembled_prompt_not_its_parts(submission):
     check_fit(submission, "smollm2", EXAMPLES, dialogue(3), budget("smollm2", 1) - 1)
 
 
+@pytest.mark.concepts("token", "tokenizer", "context-window")
 @pytest.mark.points(2)
 def test_fit_counts_special_tokens(submission):
     # all-MiniLM-L6-v2's tokenizer adds [CLS] and [SEP]: 2 tokens that a count without special tokens misses.
@@ -198,6 +209,7 @@ def test_fit_counts_special_tokens(submission):
         check_fit(submission, "minilm", EXAMPLES, dialogue(3), max_tokens)
 
 
+@pytest.mark.concepts("context-window", "max-new-tokens")
 @pytest.mark.points(1)
 def test_fit_raises_when_the_reserve_leaves_no_room(submission):
     max_tokens, reserve = budget("smollm2", 0) + 20, 21
@@ -207,11 +219,13 @@ def test_fit_raises_when_the_reserve_leaves_no_room(submission):
     assert "ValueError" in result["raised"], f"{call} raised {result['raised'][0]}; raise ValueError"
 
 
+@pytest.mark.concepts("zero-shot-inference", "context-window")
 @pytest.mark.points(1)
 def test_fit_with_no_examples_gives_the_zero_shot_prompt(submission):
     check_fit(submission, "smollm2", [], dialogue(3), budget("smollm2", 0))
 
 
+@pytest.mark.concepts("few-shot-inference", "context-window")
 @pytest.mark.points(1)
 def test_fit_uses_a_prefix_of_the_examples(submission):
     # The second example is long and the third short: the budget leaves room for the first and the third only;

@@ -164,6 +164,7 @@ def check_draws(submission, logits: torch.Tensor, call: str, temperature: float 
 
 # ------------------------------------------------------------------------------------------------ apply_temperature
 
+@pytest.mark.concepts("temperature")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_temperature_divides_the_logits(submission):
@@ -176,6 +177,7 @@ def test_temperature_divides_the_logits(submission):
             f"apply_temperature(logits, {t}) is not logits / {t}"
 
 
+@pytest.mark.concepts("temperature")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_temperature_must_be_positive(submission):
@@ -185,6 +187,7 @@ def test_temperature_must_be_positive(submission):
 
 # ----------------------------------------------------------------------------------------------------- top_k_filter
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_top_k_keeps_the_k_largest(submission):
@@ -194,6 +197,7 @@ def test_top_k_keeps_the_k_largest(submission):
     check_filter(got, logits, want, "top_k_filter([1.0, 3.0, -1.0, 2.5, 0.5], k=2)")
 
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_top_k_keeps_ties_at_the_kth_value(submission):
@@ -204,6 +208,7 @@ def test_top_k_keeps_ties_at_the_kth_value(submission):
                  f"the two 2.0s tie at the 2nd largest value, and ties at the k-th value are all kept ({n_want})")
 
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.points(2)
 def test_top_k_matches_transformers_warper(submission):
     logits = randn(4, 50, seed=3, scale=2.0)
@@ -212,6 +217,7 @@ def test_top_k_matches_transformers_warper(submission):
         check_filter(got, logits, oracle(logits, top_k=k), f"top_k_filter(logits [4, 50], k={k})")
 
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.points(1)
 def test_top_k_keeps_ties_in_every_row(submission):
     logits = torch.randint(-3, 4, (4, 12), generator=torch.Generator().manual_seed(29)).float()   # many ties
@@ -220,6 +226,7 @@ def test_top_k_keeps_ties_in_every_row(submission):
         check_filter(got, logits, oracle(logits, top_k=k), f"top_k_filter(logits [4, 12] with ties, k={k})")
 
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.points(1)
 def test_top_k_larger_than_the_vocabulary_keeps_everything(submission):
     logits = randn(2, 10, seed=4)
@@ -227,12 +234,14 @@ def test_top_k_larger_than_the_vocabulary_keeps_everything(submission):
     check_filter(got, logits, logits, "top_k_filter(logits [2, 10], k=100)")
 
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.points(1)
 def test_top_k_below_one_raises_value_error(submission):
     for k in (0, -1):
         assert_value_error(submission, f"top_k_filter(logits, k={k})", "top_k_filter", randn(6, seed=5), k)
 
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.points(1)
 def test_top_k_any_batch_shape(submission):
     for shape in ((20,), (2, 3, 20)):
@@ -252,6 +261,7 @@ def too_many_or_few(p: float):
     return describe
 
 
+@pytest.mark.concepts("top-p-sampling", "top-p-is-not-top-p-percent")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_top_p_keeps_the_token_that_crosses_p(submission):
@@ -262,6 +272,7 @@ def test_top_p_keeps_the_token_that_crosses_p(submission):
                      too_many_or_few(p))
 
 
+@pytest.mark.concepts("top-p-sampling")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_top_p_keeps_at_least_one_token(submission):
@@ -271,6 +282,7 @@ def test_top_p_keeps_at_least_one_token(submission):
                  too_many_or_few(0.01))
 
 
+@pytest.mark.concepts("top-p-sampling")
 @pytest.mark.points(2)
 def test_top_p_matches_transformers_warper(submission):
     ps = (0.3, 0.6, 0.9, 0.95)
@@ -281,6 +293,7 @@ def test_top_p_matches_transformers_warper(submission):
                      too_many_or_few(p))
 
 
+@pytest.mark.concepts("top-p-sampling")
 @pytest.mark.points(1)
 def test_top_p_range_of_p(submission):
     for p in (0.0, -0.5, 1.5):
@@ -290,6 +303,7 @@ def test_top_p_range_of_p(submission):
                  too_many_or_few(1.0))
 
 
+@pytest.mark.concepts("top-p-sampling", "top-k-and-top-p-together", "top-p-after-top-k-cuts-more")
 @pytest.mark.points(1)
 def test_top_p_on_logits_already_cut_by_top_k(submission):
     logits = oracle(margin_rows(4, 30, (0.7,), seed=10), top_k=8)        # 22 of 30 are -inf already
@@ -298,6 +312,7 @@ def test_top_p_on_logits_already_cut_by_top_k(submission):
                  too_many_or_few(0.7))
 
 
+@pytest.mark.concepts("top-p-sampling")
 @pytest.mark.points(1)
 def test_top_p_any_batch_shape(submission):
     rows = margin_rows(6, 25, (0.75,), seed=11)
@@ -319,6 +334,7 @@ def check_greedy(submission, logits: torch.Tensor):
     assert torch.equal(got.long(), want), f"{call} did not return the index of the largest logit in each row"
 
 
+@pytest.mark.concepts("greedy-decoding")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_greedy_is_the_argmax_over_the_last_dim(submission):
@@ -326,6 +342,7 @@ def test_greedy_is_the_argmax_over_the_last_dim(submission):
     check_greedy(submission, randn(10, seed=13))
 
 
+@pytest.mark.concepts("greedy-decoding")
 @pytest.mark.points(1)
 def test_greedy_any_batch_shape(submission):
     check_greedy(submission, randn(2, 3, 10, seed=14))
@@ -333,6 +350,7 @@ def test_greedy_any_batch_shape(submission):
 
 # ----------------------------------------------------------------------------------------------- no in-place changes
 
+@pytest.mark.concepts("inference-parameters")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_no_function_modifies_its_input(submission):
@@ -348,12 +366,14 @@ def test_no_function_modifies_its_input(submission):
 
 # ------------------------------------------------------------------------------------------------ sample_next_token
 
+@pytest.mark.concepts("random-sampling")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_sample_follows_the_softmax_distribution(submission):
     check_draws(submission, fixture_logits(), "sample_next_token(logits) with no filters", seed=16)
 
 
+@pytest.mark.concepts("temperature-zero-in-this-kit", "low-temperature-and-greedy")
 @pytest.mark.public
 @pytest.mark.points(1)
 def test_sample_temperature_zero_is_greedy(submission):
@@ -364,21 +384,25 @@ def test_sample_temperature_zero_is_greedy(submission):
         "sample_next_token(logits, temperature=0) must return the greedy tokens (argmax of each row)"
 
 
+@pytest.mark.concepts("temperature", "random-sampling")
 @pytest.mark.points(1)
 def test_sample_with_temperature(submission):
     check_draws(submission, fixture_logits(), "sample_next_token(logits, temperature=2.0)", temperature=2.0, seed=18)
 
 
+@pytest.mark.concepts("top-k-sampling")
 @pytest.mark.points(1)
 def test_sample_top_k(submission):
     check_draws(submission, fixture_logits(), "sample_next_token(logits, top_k=4)", top_k=4, seed=19)
 
 
+@pytest.mark.concepts("top-p-sampling")
 @pytest.mark.points(1)
 def test_sample_top_p(submission):
     check_draws(submission, fixture_logits(), "sample_next_token(logits, top_p=0.6)", top_p=0.6, seed=20)
 
 
+@pytest.mark.concepts("temperature", "top-k-and-top-p-together")
 @pytest.mark.points(2)
 def test_sample_applies_temperature_before_top_p(submission):
     # Temperature reshapes the distribution first: at T=0.5 two tokens reach p=0.6, at T=2.0 four are needed
@@ -388,6 +412,7 @@ def test_sample_applies_temperature_before_top_p(submission):
                     temperature=t, top_p=0.6, seed=21)
 
 
+@pytest.mark.concepts("top-k-and-top-p-together", "top-p-after-top-k-cuts-more")
 @pytest.mark.points(1)
 def test_sample_applies_top_k_before_top_p(submission):
     # top_k=3 renormalises to 0.44, 0.32, 0.24, so p=0.7 keeps 2; top-p first would keep 4, then top-k 3.
@@ -395,6 +420,7 @@ def test_sample_applies_top_k_before_top_p(submission):
                 seed=22)
 
 
+@pytest.mark.concepts("softmax-output", "random-sampling")
 @pytest.mark.points(1)
 def test_sample_handles_large_logits(submission):
     # softmax ignores a constant shift; exp(1003) overflows unless the max is subtracted first.
@@ -402,6 +428,7 @@ def test_sample_handles_large_logits(submission):
                 filtered=fixture_logits())
 
 
+@pytest.mark.concepts("random-sampling")
 @pytest.mark.points(1)
 def test_sample_uses_the_generator(submission):
     logits = fixture_logits().expand(500, -1).contiguous()
@@ -418,6 +445,7 @@ def test_sample_uses_the_generator(submission):
         "sample_next_token gave the same 500 tokens for two differently seeded generators; draw with `generator`"
 
 
+@pytest.mark.concepts("random-sampling")
 @pytest.mark.points(1)
 def test_sample_output_shapes(submission):
     gen = torch.Generator().manual_seed(26)
@@ -430,6 +458,7 @@ def test_sample_output_shapes(submission):
         assert not got.is_floating_point(), f"{call} returned {got.dtype}; return token indices (torch.long)"
 
 
+@pytest.mark.concepts("top-k-sampling", "greedy-decoding")
 @pytest.mark.points(1)
 def test_sample_top_k_1_is_greedy(submission):
     logits = randn(6, 40, seed=27, scale=2.0)
