@@ -269,6 +269,9 @@ def check(file, show_code, device):
             click.echo(f"      {test.message}")
     click.echo(f"{result.exercise}: {result.score:g}/{result.max_score:g} points, {result.message} (public tests; "
                "the hidden graders check more)")
+    from llmstudy.selfcheck import concept_lines
+    for line in concept_lines(result):
+        click.echo(line)
     if any(not t.passed for t in result.tests) or not result.tests:
         sys.exit(1)
 

@@ -23,6 +23,39 @@ def check(exercise_id: str, namespace: dict, public_only: bool = True) -> None:
         print(line + ("" if test.passed else f"\n      {test.message}"))
     which = "public tests" if public_only else "all tests"
     print(f"{exercise_id}: {result.score:g}/{result.max_score:g} points, {result.message} ({which})")
+    for line in concept_lines(result):
+        print(line)
+
+
+def failed_concepts(result) -> list[str]:
+    """The deck concept ids the failed tests of `result` point to (their @pytest.mark.concepts), in test order."""
+    marked = None
+    ids: list[str] = []
+    for test in result.tests:
+        if test.passed:
+            continue
+        concepts = getattr(test, "concepts", None)
+        if concepts is None:        # a result from before tests carried their concepts: read the markers
+            from cards.grades import marked_concepts
+            marked = marked if marked is not None else marked_concepts()
+            concepts = marked.get((result.exercise, test.name.split("[")[0]), ())
+        ids += [c for c in concepts if c not in ids]
+    return ids
+
+
+def concept_lines(result) -> list[str]:
+    """What to review after failed tests: the cards by name, how to find them in Anki, and the command that brings
+    them forward in `llmstudy review` (the learner runs it: bringing cards forward is their choice)."""
+    ids = failed_concepts(result)
+    if not ids:
+        return []
+    from cards.data import load_concepts
+    terms = {c.id: c.term_en for c in load_concepts()}
+    named = ", ".join(f"{terms.get(i, i)} ({i})" for i in ids)
+    search = " or ".join(f'"Id:{i}"' for i in ids)
+    return [f"Cards to review: {named}",
+            f"  in Anki, search: {search}",
+            f"  to make them due today in the terminal: llmstudy review --bring-forward {','.join(ids)}"]
 
 
 def check_file(path, device: str = "cpu"):

@@ -171,3 +171,46 @@ PRAGMA user_version = 1;
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     con.close()
+
+
+# --- llmstudy check names the concepts --------------------------------------------------------------------------
+BROKEN_TOP_P = '''
+
+def top_p_filter(logits, p):
+    """A classic bug: keeps only the most probable token, whatever p is."""
+    import torch
+    out = torch.full_like(logits, float("-inf"))
+    idx = logits.argmax(dim=-1, keepdim=True)
+    return out.scatter(-1, idx, logits.gather(-1, idx))
+'''
+
+
+def test_check_names_the_failed_tests_concepts_and_its_suggestion_brings_them_forward(tmp_path):
+    from llmstudy.exercises import by_id
+    work = tmp_path / "03_sampling.py"
+    work.write_text(by_id("sampling").solution_path.read_text(encoding="utf-8") + BROKEN_TOP_P, encoding="utf-8")
+    run = CliRunner().invoke(cli.main, ["check", str(work)])
+    assert run.exit_code == 1, run.output
+    lines = run.output.splitlines()
+    [cards_line] = [line for line in lines if line.startswith("Cards to review:")]
+    assert "top-p sampling" in cards_line and "(top-p-sampling)" in cards_line
+    [command] = [line.split(": ", 1)[1] for line in lines if "llmstudy review --bring-forward" in line]
+    assert '"Id:top-p-sampling"' in run.output                  # how to find the card in Anki
+
+    db = tmp_path / "review.sqlite3"
+    _learn_everything(db)
+    tuesday = MONDAY_9AM + timedelta(days=1)
+    args = command.split()[2:]                                    # after "llmstudy review"
+    again = CliRunner().invoke(cli.main, ["review", "--db", str(db), "--now", tuesday.isoformat(), *args],
+                               input="q\n")
+    assert again.exit_code == 0, again.output
+    with Store.open(db) as store:
+        assert "top-p-sampling" in {c.concept_id for c in store.cards() if c.fsrs.due <= tuesday}
+
+
+def test_passing_work_names_no_concepts(tmp_path):
+    from llmstudy.exercises import by_id
+    work = tmp_path / "03_sampling.py"
+    work.write_text(by_id("sampling").solution_path.read_text(encoding="utf-8"), encoding="utf-8")
+    run = CliRunner().invoke(cli.main, ["check", str(work)])
+    assert run.exit_code == 0 and "Cards to review" not in run.output, run.output
