@@ -10,7 +10,11 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -18,7 +22,9 @@ from click.testing import CliRunner
 
 import cli
 from grader import nbgrader as nbg
-from grader.extract import load_namespace
+from grader.extract import extract, load_namespace
+from grader.runner import grade
+from grader.submission import InProcessSubmission
 from grader.sandbox import isolation_problem
 from llmstudy.exercises import EXERCISES, by_id
 
@@ -57,7 +63,8 @@ def functions_in(source: str) -> dict[str, ast.FunctionDef]:
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    """A generated course and four students: correct, buggy, stub (the release as handed out), a corrupt file."""
+    """A generated course and five students: correct, buggy, stub (the release as handed out), a corrupt file, and the
+    instructor's own source notebook (the usual sanity check of a course)."""
     root = tmp_path_factory.mktemp("nbgrader") / "course"
     result = CliRunner().invoke(cli.main, ["nbgrader", "init", str(root), "--exercise", EXERCISE.id,
                                            "--assignment", ASSIGNMENT, "--course-id", "llm101"])
@@ -70,7 +77,7 @@ def course(tmp_path_factory):
     buggy = nbg.solved_notebook(release, source)
     cells(buggy, "solution")[0].source = BUGGY
     for student, nb in [("correct", nbg.solved_notebook(release, source)), ("buggy", buggy), ("stub", release),
-                        ("corrupt", None)]:
+                        ("corrupt", None), ("instructor", source)]:
         folder = root / "submitted" / student / ASSIGNMENT
         folder.mkdir(parents=True)
         if nb is None:
@@ -151,8 +158,11 @@ def test_grade_nbgrader_scores_appear_in_nbgrader_export(course, sandboxed):
     assert score["correct"] == full
     assert 0 < score["buggy"] < full
     assert score["stub"] == 0 and score["corrupt"] == 0
+    # the source notebook's locked grade cell (whose hidden part imports grader.nbgrader) is not learner code
+    assert score["instructor"] == full
     status = {s.student: s.exercises[0].status for s in results.submissions}
-    assert status == {"correct": "graded", "buggy": "graded", "stub": "graded", "corrupt": "error"}
+    assert status == {"correct": "graded", "buggy": "graded", "stub": "graded", "corrupt": "error",
+                      "instructor": "graded"}
     # nbgrader can't read the corrupt notebook; its grade is still set (not left for manual grading in formgrader)
     from nbgrader.api import Gradebook
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "llm101") as gb:
@@ -176,6 +186,29 @@ def test_plain_nbgrader_autograde_runs_the_same_tests(course, sandboxed):
     grades = export(plain, "grades.csv")
     _, sandboxed_grades = sandboxed
     assert 0 < float(grades["buggy"]["score"]) == float(sandboxed_grades["buggy"]["score"])
+
+
+def test_locked_grade_cells_are_not_learner_code(course):
+    source = course / "source" / ASSIGNMENT / EXERCISE.notebook
+    [graded] = cells(read(source), "grade")
+    assert "from grader.nbgrader import autograde_score" in graded.source
+    assert "grader.nbgrader" not in extract(source) and "positional_encoding" in extract(source)
+    result = grade(EXERCISE.id, InProcessSubmission(load_namespace(source), EXERCISE.id))
+    assert result.score == result.max_score > 0, [t.message for t in result.tests if not t.passed]
+
+
+def test_venv_nbgrader_works_without_activating_the_venv(course, tmp_path):
+    """`.venv/bin/nbgrader generate_assignment` from a shell whose PATH lacks the venv (nbgrader runs `alembic`
+    from PATH; the course's nbgrader_config.py puts the venv's bin folder first)."""
+    copy = tmp_path / "course"
+    shutil.copytree(course, copy)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if Path(p).resolve() != Path(sys.executable).parent.resolve())
+    assert shutil.which("alembic", path=env["PATH"]) is None     # else this test could not fail
+    proc = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", ASSIGNMENT,
+                           "--force"], cwd=copy, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_grade_nbgrader_says_what_to_fix(tmp_path):
