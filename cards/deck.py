@@ -4,14 +4,22 @@ Identity, so that re-importing updates instead of duplicating:
 - note type, deck and note identities are fixed and namespaced: model and deck IDs are hashes of
   "llmstudy/week1/..." names, and a note's GUID is `genanki.guid_for(NAMESPACE, lang, kind, concept.id)`, so it
   depends on the concept id, never on its text;
-- each `--lang` is its own variant (own root deck, note types and GUIDs): pick one, or import several side by side.
+- each `--lang` is its own variant (own root deck, note types and GUIDs): pick one, or import several side by side;
+- a concept that was split keeps its id, and so its notes' GUIDs and review history, for the part closest to its old
+  meaning; the other parts are new concepts (tests/test_cards_edition.py imports the second edition over the first);
+- note types keep their fields and template names (their schema, see BASIC_FIELDS), or Anki would not update them.
+
+What a card shows: one language on the front (Japanese in the 'both' variant, the other language in a closed
+<details> block), a context cue (lecture, and lifecycle stage where one applies), and on the back the exercise that
+practises it and the week where the course goes deeper. Kinds of note per concept: basic (term -> explanation),
+cloze (where the concept has one) and reverse (definition -> term, for about fifteen core terms).
 
 Modification times (why cards/concepts/revisions.json exists): Anki's importer updates an existing note only when the
 incoming note is newer. genanki stamps every note with the build time, which would make every rebuild overwrite a
 learner's own edits. Instead each concept's content hash is recorded in revisions.json with the time that
 content was first exported; a build reuses that time while the hash matches and stamps a new, strictly later time
-when it changes, then records it. The file is committed, so everyone's builds agree (the same data and the same
-matplotlib give a byte-identical .apkg), and after editing concepts you commit the updated file with them.
+when it changes, then records it. The file is committed, so everyone's builds agree (the same data, matplotlib and
+the pinned figure font give a byte-identical .apkg), and after editing concepts you commit the updated file with them.
 Note types are stamped the same way, from a hash of their fields, templates and CSS.
 """
 from __future__ import annotations
