@@ -117,6 +117,11 @@ def cards_export(lang, out, fmt, concepts_dir):
                                           progress=lambda name: bar.update(task, advance=1, description=name))
     except CardDataError as err:
         raise UserError(f"bad card data: {err}") from None
+    except RuntimeError as err:
+        from cards.figures import FigureFontMissing
+        if not isinstance(err, FigureFontMissing):
+            raise
+        raise UserError(str(err)) from None
     for line in summary.lines():
         click.echo(line)
 

@@ -221,13 +221,17 @@ HEIGHT = {"top-k-top-p": 6.0, "project-lifecycle": 6.0, "model-families": 4.6}  
 DEFAULT_HEIGHT = 3.9
 
 
+class FigureFontMissing(RuntimeError):
+    """The pinned Japanese font package is not installed; the message says how to install it."""
+
+
 def japanese_font_path() -> str:
     """IPAexGothic's file inside the matplotlib-fontja package, found without importing the package (its import
     changes matplotlib's global settings)."""
     spec = importlib.util.find_spec("matplotlib_fontja")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the Japanese figure font is missing: pip install matplotlib-fontja==1.1.0 (make setup "
-                           "installs it)")
+        raise FigureFontMissing("the Japanese figure font is missing: pip install matplotlib-fontja==1.1.0 "
+                                "(make setup installs it)")
     return str(Path(spec.submodule_search_locations[0]) / "fonts" / "ipaexg.ttf")
 
 

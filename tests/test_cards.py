@@ -168,6 +168,15 @@ BAD_INPUTS = {
     "unknown exercise": (
         {"01_a.yaml": one_file(CONCEPT.format(id="ex", html="", tags="x") + "    exercise: nope\n")},
         "01_a.yaml", "ex", "unknown exercise 'nope'"),
+    "unknown stage": (
+        {"01_a.yaml": one_file(CONCEPT.format(id="st", html="", tags="x") + "    stage: deploy\n")},
+        "01_a.yaml", "st", "unknown stage 'deploy'; use one of scope, select"),
+    "deeper is not a later week": (
+        {"01_a.yaml": one_file(CONCEPT.format(id="wk", html="", tags="x") + "    deeper: 1\n")},
+        "01_a.yaml", "wk", "'deeper' must be the week number where the course goes deeper (2 or 3), got 1"),
+    "reverse in one language only": (
+        {"01_a.yaml": one_file(CONCEPT.format(id="rv", html="", tags="x") + "    reverse_en: a definition\n")},
+        "01_a.yaml", "rv", "give both reverse_ja and reverse_en, or neither"),
     "unknown figure": (
         {"01_a.yaml": one_file(CONCEPT.format(id="fig", html="", tags="x") + "    figure: nope\n")},
         "01_a.yaml", "fig", "unknown figure 'nope'"),

@@ -95,3 +95,17 @@ def test_list_shows_every_concept_in_order(concepts_copy):
     concepts = load_concepts(concepts_copy)
     ids = [line.split()[2] for line in result.output.splitlines()[:-1]]
     assert ids == [c.id for c in concepts]
+
+
+def test_missing_japanese_font_is_a_one_line_error(concepts_copy, tmp_path, monkeypatch):
+    import importlib.util
+    from cards import figures
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib_fontja" else
+                        real(name, *a))
+    figures.render.cache_clear()          # a cached Japanese figure would hide the missing font
+    result = CliRunner().invoke(cli.main, ["cards", "export", "--concepts", str(concepts_copy),
+                                           "--out", str(tmp_path / "deck.apkg")])
+    figures.render.cache_clear()
+    assert result.exit_code == 1 and "pip install matplotlib-fontja==1.1.0" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "deck.apkg").exists()
