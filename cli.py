@@ -96,6 +96,7 @@ def cards_export(lang, out, fmt, concepts_dir):
     """Write the deck for Anki; re-importing a newer export updates the same notes."""
     from cards.data import CONCEPTS_DIR, CardDataError, load_concepts
     from cards import deck
+    from cards.figures import FigureFontMissing
 
     concepts_dir = concepts_dir or CONCEPTS_DIR
 
@@ -117,10 +118,7 @@ def cards_export(lang, out, fmt, concepts_dir):
                                           progress=lambda name: bar.update(task, advance=1, description=name))
     except CardDataError as err:
         raise UserError(f"bad card data: {err}") from None
-    except RuntimeError as err:
-        from cards.figures import FigureFontMissing
-        if not isinstance(err, FigureFontMissing):
-            raise
+    except FigureFontMissing as err:
         raise UserError(str(err)) from None
     for line in summary.lines():
         click.echo(line)

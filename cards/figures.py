@@ -90,6 +90,7 @@ def cumulative_masses(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
 # --- the figures ------------------------------------------------------------------------------------------------
 # Every figure function takes (fig, lang) and writes its labels in that language. Few words: the card says the rest.
 GREEN, ORANGE, GREY, RED, BLUE = "#2E8B57", "#E1A23B", "#BBBBBB", "#C44E52", "#4C72B0"
+DARK_GREY = "#6E6E6E"       # for text and thin lines: 5:1 against white, where GREY (bars only) is 1.9:1
 
 
 def _softmax_temperature(fig, lang: str) -> None:
@@ -121,12 +122,13 @@ def _top_k_top_p(fig, lang: str) -> None:
                         _patch(GREY, "top-k で切る" if ja else "cut by top-k")])
     top.set_title(f"top-k (k={TOP_K}) → top-p (p={TOP_P:g})")
 
-    bottom.step(x, raw_before, where="mid", color=GREY, linewidth=2, label="元の分布" if ja else "raw")
+    bottom.step(x, raw_before, where="mid", color=DARK_GREY, linewidth=2, label="元の分布" if ja else "raw")
     bottom.plot(x[by_k], renorm_before[by_k], "o-", color=BLUE, linewidth=2,
                 label="top-k 後に正規化" if ja else "renormalised")
     bottom.axhline(TOP_P, color=RED, linestyle=":")
+    bottom.text(len(TOKENS) - 0.5, TOP_P + 0.03, f"p = {TOP_P:g}", color=RED, ha="right")
     tea = TOKENS.index("tea")
-    for value, color in ((raw_before[tea], GREY), (renorm_before[tea], BLUE)):
+    for value, color in ((raw_before[tea], DARK_GREY), (renorm_before[tea], BLUE)):
         bottom.annotate(f"{value:.3f}", (tea, value), xytext=(tea + 0.6, value - 0.22), color=color,
                         arrowprops=dict(arrowstyle="->", color=color))
     bottom.set_ylabel("手前までの累積" if ja else "mass before")

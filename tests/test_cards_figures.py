@@ -118,3 +118,13 @@ def test_figures_ignore_the_processs_matplotlib_settings():
     before = figures.draw("model-families", "en")
     with matplotlib.rc_context({"font.family": "serif", "font.size": 4, "lines.linewidth": 9}):
         assert figures.draw("model-families", "en") == before
+
+
+@pytest.mark.parametrize("name", sorted(figures.FIGURES))
+def test_every_text_has_at_least_4_5_to_1_contrast_on_the_white_figure(name):
+    from matplotlib.colors import to_hex
+    from test_cards_content import contrast
+    for lang in figures.LANGS:
+        _, found = texts(name, lang)
+        for t in found:
+            assert contrast(to_hex(t.get_color()), "#ffffff") >= 4.5, (name, lang, t.get_text(), t.get_color())
