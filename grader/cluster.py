@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import queue
 import tempfile
 import threading
 from dataclasses import asdict, dataclass
@@ -64,37 +65,88 @@ class Task:
 
 # --- on a worker --------------------------------------------------------------------------------------------------
 class GradingSetup(WorkerPlugin):
-    """Per-worker state: this batch's sandbox zygote, and the graders and references already imported."""
+    """Per-worker state: this batch's sandbox zygote, and the graders and references already imported.
+
+    One long-lived thread of its own starts every zygote: the zygote's PR_SET_PDEATHSIG fires when the *thread*
+    that forked it ends, so neither a short set-up thread nor one of Dask's executor threads may start it."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.name = settings.plugin_name
         self._worker = None
-        self._loading: threading.Thread | None = None
         self._problem: str | None = None
 
     def setup(self, worker) -> None:
         self._lock = threading.Lock()
-        self._loading = threading.Thread(target=self._load, name="llmstudy-setup", daemon=True)
-        self._loading.start()     # Dask runs setup on the worker's event loop: don't block it for seconds
+        self._jobs: queue.Queue = queue.Queue()
+        self._loaded = threading.Event()
+        self._owner = threading.Thread(target=self._serve, name="llmstudy-sandbox-owner", daemon=True)
+        self._owner.start()      # Dask runs setup on the worker's event loop: don't block it for seconds
 
-    def _load(self) -> None:
+    def _serve(self) -> None:
         try:
-            self._start_sandbox()
-            import importlib
-
-            import torch
-            torch.set_num_threads(1)     # one worker per core; the graders' bit-exact comparisons want one thread
-            import transformers  # noqa: F401
-
-            from grader import runner  # noqa: F401
-            from grader.batch import graded_exercises
-            for ex in graded_exercises():
-                importlib.import_module(f"solutions.{ex.id}")
+            self._worker = SandboxStarter(self.settings).start()
+            self._import_graders()
         except Exception as exc:  # noqa: BLE001 - reported by every task this worker gets
             self._problem = f"{type(exc).__name__}: {exc}"
+        self._loaded.set()
+        while (job := self._jobs.get()) is not None:
+            fn, reply = job
+            try:
+                reply.put((True, fn()))
+            except Exception as exc:  # noqa: BLE001 - handed back to the task that asked
+                reply.put((False, exc))
 
-    def _start_sandbox(self) -> None:
+    def _on_owner(self, fn):
+        """fn() run on the owner thread; its value, or its exception raised here."""
+        reply: queue.Queue = queue.Queue(maxsize=1)
+        self._jobs.put((fn, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        return value
+
+    @staticmethod
+    def _import_graders() -> None:
+        import importlib
+
+        import torch
+        torch.set_num_threads(1)         # one worker per core; the graders' bit-exact comparisons want one thread
+        import transformers  # noqa: F401
+
+        from grader import runner  # noqa: F401
+        from grader.batch import graded_exercises
+        for ex in graded_exercises():
+            importlib.import_module(f"solutions.{ex.id}")
+
+    def sandbox(self, restart: bool = False):
+        """This worker's SandboxWorker, once set-up has finished; a fresh one if asked or if it died."""
+        self._loaded.wait()
+        if self._problem is not None:
+            raise RuntimeError(self._problem)
+        with self._lock:
+            if self._worker is not None and (restart or not self._worker.alive()):
+                self._worker.close()
+                self._worker = None
+            if self._worker is None:
+                self._worker = self._on_owner(lambda: SandboxStarter(self.settings).start(wait=True))
+            return self._worker
+
+    def teardown(self, worker) -> None:
+        self._loaded.wait()
+        self._jobs.put(None)
+        if self._worker is not None:
+            self._worker.close()      # the zygote reaps its children
+            self._worker = None
+
+
+class SandboxStarter:
+    """A SandboxWorker from the batch's settings, checked against what this worker can do."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def start(self, wait: bool = False):
         from grader.sandbox import Limits, SandboxWorker, isolation_problem
         from llmstudy.models import resolve_device
 
@@ -106,33 +158,10 @@ class GradingSetup(WorkerPlugin):
                                    "root on Linux (or with user namespaces), or grade with --allow-unsandboxed")
             sandboxed = False
         limits = Limits(call_timeout=s.timeout, budget=s.budget, cpu_seconds=int(s.budget) + 60)
-        options = dict(device=resolve_device(s.device), sandboxed=sandboxed, limits=limits, hide=s.hide,
-                       wait=False)
+        options = dict(device=resolve_device(s.device), sandboxed=sandboxed, limits=limits, hide=s.hide, wait=wait)
         if "preload" in inspect.signature(SandboxWorker).parameters:
             options["preload"] = s.preload
-        self._options = options
-        self._worker = SandboxWorker(**options)
-
-    def sandbox(self, restart: bool = False):
-        """This worker's SandboxWorker, once set-up has finished; a fresh one if asked or if it died."""
-        self._loading.join()
-        if self._problem is not None:
-            raise RuntimeError(self._problem)
-        from grader.sandbox import SandboxWorker
-        with self._lock:
-            if self._worker is not None and (restart or not self._worker.alive()):
-                self._worker.close()
-                self._worker = None
-            if self._worker is None:
-                self._worker = SandboxWorker(**{**self._options, "wait": True})
-            return self._worker
-
-    def teardown(self, worker) -> None:
-        if self._loading is not None:
-            self._loading.join()
-        if self._worker is not None:
-            self._worker.close()      # the zygote reaps its children
-            self._worker = None
+        return SandboxWorker(**options)
 
 
 def grade_task(task: Task) -> ExerciseResult:
