@@ -45,7 +45,8 @@ class _Entry:
 
 @dataclass
 class Stats:
-    calls: int = 0
+    calls: int = 0                    # requests served
+    runs: int = 0                     # forward passes of the model (requests served from the cache need none)
     positions_computed: int = 0       # token positions the model ran on (rows x new positions)
     positions_served: int = 0         # token positions whose logits were returned
     forward_seconds: float = 0.0
@@ -100,11 +101,18 @@ class ModelServer:
             raise ModelRequestError(f"a call for {ids.shape[0]} x {ids.shape[1]} positions returns over "
                                     f"{MAX_LOGITS_BYTES >> 20} MB of logits; call the model on fewer rows")
         start = time.perf_counter()
-        logits = self._logits(model, full)                                  # [B, L_full, V]
+        # Identical rows (a prompt repeated for a frequency test) are computed once: [U, L] unique rows.
+        unique, inverse = torch.unique(full, dim=0, return_inverse=True)
+        logits = self._logits(model, unique)[inverse] if unique.shape[0] < full.shape[0] \
+            else self._logits(model, full)                                  # [B, L_full, V]
         self.stats.forward_seconds += time.perf_counter() - start
         self.stats.calls += 1
         self.stats.positions_served += ids.numel()
         return logits[:, full.shape[1] - ids.shape[1]:].clone(), self._handle(full)
+
+    def logits(self, name: str, input_ids) -> torch.Tensor:
+        """The grader's own use: logits [B, L, V] for ids, from the same cache the learner's calls filled."""
+        return self.forward(name, input_ids)[0]
 
     def _check_ids(self, input_ids, vocab: int) -> torch.Tensor:
         if type(input_ids) is not torch.Tensor:
@@ -159,8 +167,9 @@ class ModelServer:
 
     def _run(self, model, ids: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
         with torch.no_grad():
-            out = model(ids.to(self.device), past_key_values=cache, use_cache=True)
+            out = model(ids.to(self.device), cache=cache, use_cache=True)   # transformers 5: `cache`
         self.stats.positions_computed += ids.numel()
+        self.stats.runs += 1
         return out.logits.float().cpu(), out.past_key_values                 # [B, l, V], the grown cache
 
     def _store(self, entry: _Entry) -> None:

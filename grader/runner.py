@@ -32,6 +32,7 @@ class _Collector:
 
     def __init__(self, submission: Submission):
         self._submission = submission
+        self.llmstudy_submission = submission      # what grader/tests/conftest.py's `submission` fixture returns
         self.results: dict[str, TestResult] = {}
         self.collect_errors: list[str] = []
 
@@ -42,6 +43,7 @@ class _Collector:
 
     @pytest.fixture
     def submission(self) -> Submission:
+        """For grader files run without grader/tests/conftest.py (a learner release's public tests)."""
         return self._submission
 
     @pytest.hookimpl(hookwrapper=True)

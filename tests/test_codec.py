@@ -58,14 +58,54 @@ def test_int_subclass_is_rejected():
 def test_generator_state_crosses():
     g = torch.Generator().manual_seed(7)
     torch.rand(5, generator=g)                       # advance it: the state, not just the seed, must cross
-    g2 = roundtrip(g)
+    g2 = roundtrip(g, allow=codec.ARGUMENT_KINDS)
     assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=g2))
 
 
 def test_model_refs_resolve_only_on_the_learner_side():
-    with pytest.raises(codec.UnsupportedValue, match="learner"):
-        roundtrip(ModelRef("smollm2"))
-    assert roundtrip([ModelRef("smollm2")], resolve_model=lambda name: f"<{name}>") == ["<smollm2>"]
+    with pytest.raises(codec.UnsupportedValue, match="can't cross here"):
+        roundtrip(ModelRef("smollm2"))                                   # a learner can't return a model
+    with pytest.raises(codec.UnsupportedValue, match="bundled model"):
+        roundtrip(ModelRef("../../etc/passwd"), allow=codec.ARGUMENT_KINDS, resolve_model=str)
+    assert roundtrip([ModelRef("smollm2")], allow=codec.ARGUMENT_KINDS,
+                     resolve_model=lambda name: f"<{name}>") == ["<smollm2>"]
+
+
+def forged(tree, tensors=b"") -> bytes:
+    import json
+    import struct
+    header = json.dumps(tree).encode()
+    return struct.pack("<Q", len(header)) + header + tensors
+
+
+@pytest.mark.parametrize("tree, why", [
+    ({"dtype": "Tensor"}, "unknown dtype"),                                # was getattr(torch, NAME) for any name
+    ({"dtype": "load"}, "unknown dtype"),
+    ({"generator": "t0", "seed": 1}, "can't cross here"),                 # argument kinds never come back
+    ({"linear": [{"tensor": "t0"}, {"tensor": "t1"}]}, "can't cross here"),
+    ({"tensor": "t9"}, "not there"),
+    ({"float": "1e999"}, "nan or inf"),
+    ({"pickle": "x"}, "can't cross here"),
+    ({"list": [1], "dict": {}}, "can't cross here"),                       # two kinds in one node
+    ({"list": {"a": 1}}, "must hold a list"),
+    ([1, 2], "unknown value"),
+])
+def test_malformed_answers_are_rejected_with_a_message(tree, why):
+    with pytest.raises(codec.UnsupportedValue, match=why):
+        codec.decode(forged(tree))
+
+
+def test_deep_nesting_and_garbage_are_rejected():
+    deep = {"list": []}
+    node = deep
+    for _ in range(codec.MAX_DEPTH + 5):
+        node["list"].append({"list": []})
+        node = node["list"][0]
+    with pytest.raises(codec.UnsupportedValue, match="nested deeper"):
+        codec.decode(forged(deep))
+    for garbage in (b"", b"\xff" * 7, b"\x10\x00\x00\x00\x00\x00\x00\x00{", forged({"tensor": "t0"}, b"junk")):
+        with pytest.raises(codec.UnsupportedValue):
+            codec.decode(garbage)
 
 
 def test_blob_holds_no_pickle():

@@ -15,7 +15,8 @@ import re
 
 import pytest
 
-from exercise_helpers import failures, reference_namespace, run
+from exercise_helpers import failures, params, reference_namespace, run
+from mutants.trivial import TRIVIAL
 from grader.extract import extract, load_namespace
 from llmstudy.exercises import EXERCISES
 
@@ -59,6 +60,14 @@ def test_notebook_stubs_score_zero(exercise):
     result = run(exercise, namespace)
     assert result.score == 0 and result.max_score > 0, [t.name for t in result.tests if t.passed]
     assert all("NotImplementedError" in t.message for t in result.tests), failures(result)
+
+
+@pytest.mark.parametrize("exercise, name, namespace", params(TRIVIAL))
+def test_code_that_computes_nothing_scores_zero(exercise, name, namespace):
+    """Points only for work done: a property test (inputs unchanged, shapes, support, reproducibility, input checks)
+    pays only when the result is also right, so zeros, echoed input, empty strings and always-raising code get 0."""
+    result = run(exercise, reference_namespace(exercise) | namespace)
+    assert result.score == 0, [t.name for t in result.tests if t.passed]
 
 
 @pytest.mark.parametrize("exercise", IDS)

@@ -173,10 +173,17 @@ def may_draw(logits: torch.Tensor, token: int, temperature: float, top_k: int | 
     return True
 
 
-def check_in_support(out: torch.Tensor, prompt_len: int, call: str, temperature: float, top_k=None, top_p=None):
+def model_logits(submission, ids: torch.Tensor) -> torch.Tensor:
+    """SmolLM2's logits [B, L, V] for ids, computed in this process by the submission's model server: the learner's
+    own calls already filled its prefix cache with these positions, so checking them costs no forward pass.
+    Cached and from-scratch logits differ by ~1e-5, far inside SUPPORT_TOL (tests/test_model_proxy.py)."""
+    return submission.server.logits("smollm2", ids)
+
+
+def check_in_support(submission, out: torch.Tensor, prompt_len: int, call: str, temperature: float, top_k=None,
+                     top_p=None):
     """Every new token of `out` [B, L + n] must be drawable from the model's filtered distribution at its step."""
-    with torch.no_grad():
-        logits = smollm2()[0](out).logits[:, prompt_len - 1:-1]             # [B, n, V]: what each step saw
+    logits = model_logits(submission, out[:, :-1])[:, prompt_len - 1:]      # [B, n, V]: what each step saw
     for row in range(out.shape[0]):
         for t in range(out.shape[1] - prompt_len):
             token = int(out[row, prompt_len + t])
@@ -193,16 +200,16 @@ def check_in_support(out: torch.Tensor, prompt_len: int, call: str, temperature:
 # --------------------------------------------------------------------------------------------------- greedy decoding
 
 CAPITAL = ("The capital of France is",)
-PAIR = ("I opened the door and saw", "Water boils at a temperature of")
+PAIR = ("I opened the door and saw", "A cat is an animal that")
 
 
-GREEDY_CALL = "generate(model, input_ids, max_new_tokens=8) (greedy)"
+GREEDY_CALL = "generate(model, input_ids, max_new_tokens=6) (greedy)"
 
 
 @pytest.fixture
 def greedy_capital(submission, request) -> torch.Tensor:
     """The learner's greedy run on CAPITAL, shared by two tests (each call of the learner's loop costs ~1 s)."""
-    return once_per_grade(request, "greedy_capital", lambda: learner_generate(submission, CAPITAL, 8, GREEDY_CALL))
+    return once_per_grade(request, "greedy_capital", lambda: learner_generate(submission, CAPITAL, 6, GREEDY_CALL))
 
 
 @pytest.mark.concepts("autoregressive-generation", "completion")
@@ -217,7 +224,7 @@ def test_returns_prompt_followed_by_new_tokens(greedy_capital):
 @pytest.mark.public
 @pytest.mark.points(3)
 def test_greedy_matches_transformers_generate(greedy_capital):
-    check_same_tokens(greedy_capital, reference(CAPITAL, 8), encode(*CAPITAL).shape[1], GREEDY_CALL)
+    check_same_tokens(greedy_capital, reference(CAPITAL, 6), encode(*CAPITAL).shape[1], GREEDY_CALL)
 
 
 @pytest.mark.concepts("max-new-tokens")
@@ -260,81 +267,98 @@ def eos_finishing(prompts: tuple[str, ...], steps: int, row: int, step: int) -> 
     return eos, first
 
 
-@pytest.mark.concepts("stop-token")
-@pytest.mark.points(2)
-def test_finished_row_is_padded_with_eos(submission):
-    prompts = ("The best way to learn is", "In the morning I like to")
-    eos, first = eos_finishing(prompts, 5, row=0, step=2)                   # " with" ends row 0; row 1 runs on
-    if not (first[0] == 2 and first[1] == 5):
-        raise RuntimeError(f"grader bug: eos {eos} should end row 0 only, at step 2; first steps are {first}")
-    call = f"generate(model, input_ids, max_new_tokens=5, eos_token_id={eos}) with a batch of 2"
-    got = learner_generate(submission, prompts, 5, call, eos_token_id=eos)
-    check_same_tokens(got, reference(prompts, 5, eos), encode(*prompts).shape[1], call, eos)
-
-
-@pytest.mark.concepts("stop-token")
-@pytest.mark.points(2)
-def test_stops_early_once_every_row_finished(submission):
-    prompts = ("I opened the door and saw", "A cat is an animal that")
-    eos, first = eos_finishing(prompts, 8, row=0, step=2)                   # "." ends row 0, then row 1
+@pytest.fixture
+def pair_until_eos(submission, request) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+    """One run serves two tests: "." ends row 0 of PAIR at step 2 (padded with eos from then on) and row 1 at step 5,
+    before max_new_tokens=8; its first steps are the greedy PAIR run's, already in the prefix cache."""
+    eos, first = eos_finishing(PAIR, 8, row=0, step=2)
     if not (first[0] == 2 and 2 < first[1] < 7):
         raise RuntimeError(f"grader bug: eos {eos} should end row 0 at step 2 and row 1 later; got {first}")
-    call = f"generate(model, input_ids, max_new_tokens=8, eos_token_id={eos}) with a batch of 2"
-    got = learner_generate(submission, prompts, 8, call, eos_token_id=eos)
-    want = reference(prompts, 8, eos)
-    if want.shape[1] - encode(*prompts).shape[1] != max(first) + 1:
+    want = reference(PAIR, 8, eos)
+    if want.shape[1] - encode(*PAIR).shape[1] != max(first) + 1:
         raise RuntimeError("grader bug: transformers' generate() should stop once both rows have produced eos")
-    check_same_tokens(got, want, encode(*prompts).shape[1], call, eos)
+    call = f"generate(model, input_ids, max_new_tokens=8, eos_token_id={eos}) with a batch of 2"
+    got = once_per_grade(request, "pair_until_eos",
+                         lambda: learner_generate(submission, PAIR, 8, call, eos_token_id=eos))
+    return got, want, eos, call
+
+
+@pytest.mark.concepts("stop-token")
+@pytest.mark.points(2)
+def test_finished_row_is_padded_with_eos(pair_until_eos):
+    got, want, eos, call = pair_until_eos
+    check_same_tokens(got, want, encode(*PAIR).shape[1], call, eos)
+
+
+@pytest.mark.concepts("stop-token")
+@pytest.mark.points(2)
+def test_stops_early_once_every_row_finished(pair_until_eos):
+    got, want, eos, call = pair_until_eos
+    assert got.shape[1] <= want.shape[1], f"{call} produced {got.shape[1] - encode(*PAIR).shape[1]} new tokens, but every row " \
+                            f"had produced eos_token_id after {want.shape[1] - encode(*PAIR).shape[1]}; stop as " \
+                            "soon as all rows are finished"
+    check_same_tokens(got, want, encode(*PAIR).shape[1], call, eos)
 
 
 # ---------------------------------------------------------------------------------------------------------- sampling
 
-SAMPLED = ("I opened the door and saw", "My favourite colour is blue because")
+SAMPLED = PAIR     # its prompt logits are in the prefix cache already
 
 
 def sample(submission, prompts, max_new_tokens: int, seed: int, **kwargs) -> tuple[torch.Tensor, str]:
     settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     call = f"generate(model, input_ids, max_new_tokens={max_new_tokens}, {settings}, generator=<seed {seed}>)"
     generator = torch.Generator().manual_seed(seed)
-    return learner_generate(submission, prompts, max_new_tokens, call, generator=generator, **kwargs), call
+    out = learner_generate(submission, prompts, max_new_tokens, call, generator=generator, **kwargs)
+    # Points only for work done: without eos_token_id every row gets exactly max_new_tokens tokens, so a support or
+    # reproducibility check never passes on zero new tokens.
+    got = out.shape[1] - encode(*prompts).shape[1]
+    assert got == max_new_tokens, f"{call} produced {got} new tokens; without eos_token_id it should produce " \
+                                  f"exactly {max_new_tokens}"
+    return out, call
 
 
 @pytest.mark.concepts("top-k-sampling", "random-sampling")
 @pytest.mark.public
 @pytest.mark.points(2)
 def test_sampled_tokens_lie_in_the_top_k_support(submission):
-    out, call = sample(submission, SAMPLED, 4, seed=0, temperature=1.0, top_k=5)
-    check_in_support(out, encode(*SAMPLED).shape[1], call, 1.0, top_k=5)
+    out, call = sample(submission, SAMPLED, 2, seed=0, temperature=1.0, top_k=5)
+    check_in_support(submission, out, encode(*SAMPLED).shape[1], call, 1.0, top_k=5)
 
 
 @pytest.mark.concepts("top-k-sampling", "temperature")
 @pytest.mark.points(2)
 def test_sampled_tokens_respect_top_k_at_high_temperature(submission):
-    out, call = sample(submission, SAMPLED, 4, seed=1, temperature=1.5, top_k=3)
-    check_in_support(out, encode(*SAMPLED).shape[1], call, 1.5, top_k=3)
+    out, call = sample(submission, SAMPLED, 2, seed=1, temperature=1.5, top_k=3)
+    check_in_support(submission, out, encode(*SAMPLED).shape[1], call, 1.5, top_k=3)
 
 
 @pytest.mark.concepts("top-p-sampling", "top-k-and-top-p-together", "temperature")
 @pytest.mark.points(2)
 def test_sampled_tokens_respect_temperature_then_top_p(submission):
     # T < 1 sharpens the distribution before top-p, so the correct nucleus is smaller than the untempered one.
-    out, call = sample(submission, SAMPLED, 4, seed=2, temperature=0.6, top_p=0.5)
-    check_in_support(out, encode(*SAMPLED).shape[1], call, 0.6, top_p=0.5)
+    out, call = sample(submission, SAMPLED, 2, seed=2, temperature=0.6, top_p=0.5)
+    check_in_support(submission, out, encode(*SAMPLED).shape[1], call, 0.6, top_p=0.5)
+
+
+@functools.cache
+def _argmax_probability(prompt: tuple[str, ...], steps: int, temperature: float) -> float:
+    """The probability that a correct sampler at `temperature` draws the greedy tokens (once per process)."""
+    want = reference(prompt, steps)
+    with torch.no_grad():
+        logits = smollm2()[0](want).logits[0, encode(*prompt).shape[1] - 1:-1]    # [steps, V]
+    return float((logits.double() / temperature).softmax(-1).max(-1).values.prod())
 
 
 @pytest.mark.concepts("low-temperature-and-greedy")
 @pytest.mark.points(1)
 def test_near_zero_temperature_samples_the_argmax(submission):
-    prompt, temperature = ("Water boils at a temperature of",), 0.01
-    want = reference(prompt, 4)
-    model = smollm2()[0]
-    with torch.no_grad():
-        logits = model(want).logits[0, encode(*prompt).shape[1] - 1:-1]     # [4, V]
-    p_argmax = (logits.double() / temperature).softmax(-1).max(-1).values   # [4]
-    if float(p_argmax.prod()) < 1 - 1e-6:
+    # CAPITAL: the greedy run above already put these positions in the submission's prefix cache.
+    prompt, temperature = CAPITAL, 0.01
+    if _argmax_probability(prompt, 4, temperature) < 1 - 1e-6:
         raise RuntimeError("grader bug: at this temperature a correct sampler might not pick the argmax")
     out, call = sample(submission, prompt, 4, seed=4, temperature=temperature)
-    check_same_tokens(out, want, encode(*prompt).shape[1],
+    check_same_tokens(out, reference(prompt, 4), encode(*prompt).shape[1],
                       call + f" (at temperature {temperature} the argmax has probability > 0.999999)")
 
 
@@ -347,7 +371,7 @@ def seeded_samples(submission, request) -> dict:
     def run():
         runs = {}
         for key, seed in (("6", 6), ("6 again", 6), ("7", 7), ("8", 8)):
-            runs[key], runs["call"] = sample(submission, SHORT, 3, seed=seed, temperature=1.0)
+            runs[key], runs["call"] = sample(submission, SHORT, 2, seed=seed, temperature=1.0)
         return runs
     return once_per_grade(request, "seeded_samples", run)
 
@@ -363,7 +387,7 @@ def test_sampling_is_reproducible_with_the_generator(seeded_samples):
 @pytest.mark.concepts("random-sampling")
 @pytest.mark.points(1)
 def test_different_seeds_give_different_samples(seeded_samples):
-    # At temperature 1 over SmolLM2's whole vocabulary, three seeds agreeing on all 3 tokens is practically impossible
+    # At temperature 1 over SmolLM2's whole vocabulary, three seeds agreeing on both tokens is practically impossible
     # (tests/ checks that the reference's three draws differ).
     distinct = {tuple(seeded_samples[k][0].tolist()) for k in ("6", "7", "8")}
     assert len(distinct) > 1, ("generate(..., temperature=1.0, generator=<seed 6, 7, 8>) gave the same tokens for "
@@ -376,13 +400,13 @@ def test_first_token_frequencies_follow_the_filtered_softmax(submission):
     prompt, rows, temperature, top_k = "He bought a", 128, 0.5, 4
     ids = encode(prompt)
     with torch.no_grad():
-        logits = smollm2()[0](ids).logits[0, -1].double() / temperature      # [V]
+        logits = model_logits(submission, ids)[0, -1].double() / temperature  # [V]
     top = torch.topk(logits, top_k)
     if float(top.values[-1] - torch.topk(logits, top_k + 1).values[-1]) <= SUPPORT_TOL:
         raise RuntimeError("grader bug: the k-th and (k+1)-th logits of this case are too close to tell apart")
     expected = top.values.softmax(-1) * rows                                # expected counts of the top-k tokens
     out, call = sample(submission, (prompt,) * rows, 1, seed=9, temperature=temperature, top_k=top_k)
-    check_in_support(out[:1], ids.shape[1], call, temperature, top_k=top_k)
+    check_in_support(submission, out[:1], ids.shape[1], call, temperature, top_k=top_k)
     drawn = out[:, -1]
     counts = torch.stack([(drawn == t).sum() for t in top.indices]).double()
     outside = rows - int(counts.sum())

@@ -53,7 +53,13 @@ def explain_mismatch(got: torch.Tensor, want: torch.Tensor, call: str, atol: flo
 
 
 def raised(submission, *args) -> list[str] | None:
-    return submission.harness("exception_raised", "positional_encoding", *args)
+    """The raised classes, or None. Points only for work done: an input check counts once a plain table is right,
+    so code that raises for everything gains nothing."""
+    kind = submission.harness("exception_raised", "positional_encoding", *args)
+    if kind is not None:
+        problem = explain_mismatch(table_from(submission, 6, 8), formula64(6, 8), "positional_encoding(6, 8)")
+        assert problem is None, f"{problem}; input checks count once the table itself is right"
+    return kind
 
 
 @pytest.mark.concepts("positional-encoding")
@@ -62,6 +68,8 @@ def raised(submission, *args) -> list[str] | None:
 def test_shape_and_dtype(submission):
     out = table_from(submission, 10, 16)
     assert out.dtype == torch.float32, f"positional_encoding(10, 16) returned {out.dtype}; return float32"
+    problem = explain_mismatch(out, formula64(10, 16), "positional_encoding(10, 16)")   # a shape of zeros is no table
+    assert problem is None, problem
 
 
 @pytest.mark.concepts("positional-encoding")

@@ -174,6 +174,8 @@ def test_fit_raises_value_error_when_zero_shot_does_not_fit(submission):
     result = fit(submission, "smollm2", EXAMPLES, dialogue(3), max_tokens)
     assert "raised" in result, f"{call} returned instead of raising ValueError"
     assert "ValueError" in result["raised"], f"{call} raised {result['raised'][0]}; raise ValueError"
+    # Points only for work done: raising counts once a budget that fits gets its prompt.
+    check_fit(submission, "smollm2", EXAMPLES, dialogue(3), budget("smollm2", 1))
 
 
 @pytest.mark.concepts("context-window", "few-shot-limits")
@@ -217,6 +219,8 @@ def test_fit_raises_when_the_reserve_leaves_no_room(submission):
     result = fit(submission, "smollm2", EXAMPLES, dialogue(3), max_tokens, reserve)
     assert "raised" in result, f"{call} returned instead of raising ValueError"
     assert "ValueError" in result["raised"], f"{call} raised {result['raised'][0]}; raise ValueError"
+    # Points only for work done: raising counts once a budget that fits gets its prompt.
+    check_fit(submission, "smollm2", EXAMPLES, dialogue(3), budget("smollm2", 1))
 
 
 @pytest.mark.concepts("zero-shot-inference", "context-window")

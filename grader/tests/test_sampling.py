@@ -107,8 +107,26 @@ def check_filter(got, logits: torch.Tensor, want: torch.Tensor, call: str, descr
         f"{call} changed the logits it keeps; a filter only sets the removed ones to -inf"
 
 
+def works_on_a_valid_input(submission, fn: str) -> None:
+    """Points only for work done: an input check counts once `fn` also gets a plain case right, so code that raises
+    for everything (or echoes its input) gains nothing from the ValueError tests."""
+    logits = fixture_logits()
+    if fn == "apply_temperature":
+        got = as_tensor(submission.apply_temperature(logits, 2.0), "apply_temperature(logits, 2.0)")
+        # float32 division against the warper's float32 division: equal up to rounding.
+        assert tuple(got.shape) == tuple(logits.shape) and torch.allclose(got, oracle(logits, 2.0), atol=1e-6), \
+            "apply_temperature(logits, 2.0) is not yet logits / 2.0; input checks count once it is"
+    elif fn in ("top_k_filter", "top_p_filter"):
+        value = 3 if fn == "top_k_filter" else 0.5
+        want = oracle(logits, top_k=value) if fn == "top_k_filter" else oracle(logits, top_p=value)
+        check_filter(getattr(submission, fn)(logits, value), logits, want, f"{fn}(logits, {value})")
+
+
 def raised(submission, fn: str, *args, **kwargs) -> list[str] | None:
-    return submission.harness("exception_raised", fn, *args, **kwargs)
+    kind = submission.harness("exception_raised", fn, *args, **kwargs)
+    if kind is not None:
+        works_on_a_valid_input(submission, fn)
+    return kind
 
 
 def assert_value_error(submission, call: str, fn: str, *args, **kwargs):
@@ -232,6 +250,7 @@ def test_top_k_larger_than_the_vocabulary_keeps_everything(submission):
     logits = randn(2, 10, seed=4)
     got = submission.top_k_filter(logits, 100)
     check_filter(got, logits, logits, "top_k_filter(logits [2, 10], k=100)")
+    works_on_a_valid_input(submission, "top_k_filter")     # returning the input unchanged is not top-k
 
 
 @pytest.mark.concepts("top-k-sampling")
@@ -359,9 +378,35 @@ def test_no_function_modifies_its_input(submission):
              ("greedy_next_token", (logits,)),
              ("sample_next_token", (logits, 0.7, 5, 0.9, torch.Generator().manual_seed(0)))]
     for fn, args in calls:
-        changed = submission.harness("modified_inputs", fn, *args)
+        changed, outcome = submission.modified(fn, *args)
         assert not changed, f"{fn}() changed its logits in place; work on a copy (or use out-of-place operations " \
                             "such as masked_fill and /) so the caller's logits stay as they were"
+        check_untouched_call_was_right(fn, args, outcome)
+
+
+def check_untouched_call_was_right(fn: str, args: tuple, outcome) -> None:
+    """Leaving the input alone pays only with a right result: code that returns zeros or its input scores 0."""
+    from grader.submission import Raised
+    if isinstance(outcome, Raised):
+        raise AssertionError(outcome.describe(f"{fn}()"))
+    got, logits = outcome.value, args[0]
+    if fn == "apply_temperature":
+        # float32 division on both sides: equal up to rounding.
+        assert isinstance(got, torch.Tensor) and got.shape == logits.shape and \
+            torch.allclose(got, oracle(logits, args[1]), atol=1e-5), f"apply_temperature(logits, {args[1]}) is wrong"
+    elif fn == "top_k_filter":
+        check_filter(got, logits, oracle(logits, top_k=args[1]), f"top_k_filter(logits, {args[1]})")
+    elif fn == "top_p_filter":
+        check_filter(got, logits, oracle(logits, top_p=args[1]), f"top_p_filter(logits, {args[1]})")
+    elif fn == "greedy_next_token":
+        assert isinstance(got, torch.Tensor) and torch.equal(got.long(), logits.argmax(-1)), \
+            "greedy_next_token(logits) must return the argmax of each row"
+    else:
+        support = ~torch.isneginf(oracle(logits, args[1], args[2], args[3]))                 # [4, 12]
+        assert isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(logits.shape[:-1]) and \
+            bool(support.gather(-1, got.long().reshape(-1, 1).clamp(0, logits.shape[-1] - 1)).all()) and \
+            bool(((got >= 0) & (got < logits.shape[-1])).all()), \
+            "sample_next_token(logits, 0.7, 5, 0.9) drew a token outside the filtered support"
 
 
 # ------------------------------------------------------------------------------------------------ sample_next_token
@@ -456,6 +501,10 @@ def test_sample_output_shapes(submission):
         assert tuple(got.shape) == want, \
             f"{call} returned shape {list(got.shape)}; expected {list(want)} (one token per row, last dim removed)"
         assert not got.is_floating_point(), f"{call} returned {got.dtype}; return token indices (torch.long)"
+        # A shape is worth something only with real tokens: with top_k=1 every row must be the argmax (token 4).
+        only = as_tensor(submission.sample_next_token(logits, 1.0, 1, None, gen), call.replace("5", "1"))
+        assert tuple(only.shape) == want and bool((only == PERM[0]).all()), \
+            f"{call.replace('5', '1')} must return the most probable token ({PERM[0]}) in every row"
 
 
 @pytest.mark.concepts("top-k-sampling", "greedy-decoding")

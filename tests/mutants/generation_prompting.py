@@ -106,7 +106,23 @@ def _calls_model_generate(model, input_ids, max_new_tokens, eos_token_id=None, t
                           pad_token_id=eos_token_id)
 
 
+def _calls_class_generate(model, input_ids, max_new_tokens, eos_token_id=None, temperature=0.0, top_k=None,
+                          top_p=None, generator=None):
+    return type(model).generate(model, input_ids, do_sample=False, max_new_tokens=max_new_tokens,
+                                eos_token_id=eos_token_id, pad_token_id=eos_token_id)
+
+
+def _calls_generation_mixin(model, input_ids, max_new_tokens, eos_token_id=None, temperature=0.0, top_k=None,
+                            top_p=None, generator=None):
+    import transformers
+    return transformers.GenerationMixin.generate(model, input_ids, do_sample=False, max_new_tokens=max_new_tokens,
+                                                 eos_token_id=eos_token_id, pad_token_id=eos_token_id)
+
+
+
 MUTANTS["generation"]["calls-model-generate"] = namespace("generation", generate=_calls_model_generate)
+MUTANTS["generation"]["calls-class-generate"] = namespace("generation", generate=_calls_class_generate)
+MUTANTS["generation"]["calls-generation-mixin"] = namespace("generation", generate=_calls_generation_mixin)
 
 
 def _kv_cache_generate(model, input_ids, max_new_tokens, eos_token_id=None, temperature=0.0, top_k=None, top_p=None,
