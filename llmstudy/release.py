@@ -35,6 +35,8 @@ PUBLIC_TESTS = "llmstudy/public_tests"
 SOLUTION_LINE_MIN = 31
 # Hidden strings shorter than this are words and names ("cpu", "smollm2"), not expected values.
 HIDDEN_STRING_MIN = 8
+# Never copied with a package's data files: caches and the hidden graders' folder.
+SKIP_DIRS = ("__pycache__", "tests")
 
 
 class ReleaseError(RuntimeError):
@@ -51,6 +53,7 @@ class Release:
     hidden_tests: dict[str, list[str]] = field(default_factory=dict)   # exercise id -> hidden test names (left out)
     left_out_modules: list[str] = field(default_factory=list)
     dependencies: list[str] = field(default_factory=list)
+    data_files: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """The instructor's summary: what was written, what was left out, how to hand it out."""
@@ -63,11 +66,12 @@ class Release:
             f"  exercises/: {len(self.notebooks)} notebooks with stubs, and data/",
             f"  {PUBLIC_TESTS}/: {public} public tests ({', '.join(f'{k} {len(v)}' for k, v in self.public_tests.items())})",
             f"  the learner package (pyproject.toml, `llmstudy check`, `llmstudy lab`): {', '.join(self.modules)}",
+            f"  its data files: {len(self.data_files)} ({', '.join(sorted({str(Path(f).parent) for f in self.data_files})) or '-'})",
             f"  README.md and Makefile: `make setup`, then `make lab`",
             "left out",
             f"  solutions/ ({solutions} files), grader/tests/: the {hidden} hidden tests, their names and expected values "
             f"(checked: none of them is in the folder)",
-            f"  instructor-only code: {', '.join(self.left_out_modules) or '-'}; cards/, examples/, bench/, tests/",
+            f"  instructor-only code: {', '.join(self.left_out_modules) or '-'}; examples/, bench/, tests/",
             "hand it out as",
             f"  a zip:       cd {self.out.parent} && zip -r {name}.zip {name} -x '{name}/.venv/*'",
             f"  a git repo:  cd {self.out} && git init && git add . && git commit -m 'week 1' "
@@ -166,16 +170,19 @@ def cut_public_tests(exercise: Exercise, grader_source: str) -> _Cut:
     hidden_nodes = [n for n in _reachable(hidden, definitions) if n not in kept]
 
     used = set().union(*(_names_used(n) for n in kept))
-    import_lines = []
+    import_lines, previous = [], None
     for node in imports:
-        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
-            import_lines.append(_segment(lines, node))
-            continue
         aliases = [a for a in node.names if (a.asname or a.name).split(".")[0] in used]
-        if len(aliases) == len(node.names):
-            import_lines.append(ast.get_source_segment(grader_source, node))
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__" or len(aliases) == len(node.names):
+            text = ast.get_source_segment(grader_source, node)
         elif aliases:
-            import_lines.append(ast.unparse(type(node)(**{**node.__dict__, "names": aliases})))
+            text = ast.unparse(type(node)(**{**node.__dict__, "names": aliases}))
+        else:
+            continue
+        if previous is not None and node.lineno > previous.end_lineno + 1:
+            import_lines.append("")           # keep the groups: stdlib, third party, ours
+        import_lines.append(text)
+        previous = node
     code = [_segment(lines, n) for n in sorted(kept, key=lambda n: n.lineno)]
     docstring = (f'"""Public tests for exercise {exercise.stem[:2]}, {exercise.title.lower()}: the self-check '
                  f'subset of the graders.\n\n'
@@ -218,6 +225,26 @@ def _imports(path: Path) -> set[str]:
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}
     return found
+
+
+def package_data(modules: list[Path]) -> list[Path]:
+    """The data files of the shipped packages (e.g. the deck's cards/concepts/*.yaml, which check() names after a
+    failed test), chosen by the repository's own [tool.setuptools.package-data] patterns; never inside a subpackage
+    that isn't shipped, nor in tests/ or __pycache__/."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = [pattern for globs in project.get("tool", {}).get("setuptools", {}).get("package-data", {}).values()
+                for pattern in globs]
+    packages = {p.parent for p in modules if p.name == "__init__.py"}
+    found = set()
+    for package in packages:
+        for pattern in patterns:
+            for path in package.rglob(pattern):
+                inside = path.relative_to(package).parts[:-1]
+                folders = [package.joinpath(*inside[:i + 1]) for i in range(len(inside))]
+                if path.is_file() and not set(inside) & set(SKIP_DIRS) and \
+                        not any((f / "__init__.py").exists() and f not in packages for f in folders):
+                    found.add(path)
+    return sorted(found)
 
 
 def learner_modules(extra_imports: set[str]) -> list[Path]:
@@ -394,7 +421,10 @@ def _exercise_table() -> str:
 
 
 def _pyproject(deps: list[str]) -> str:
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    version = project["project"]["version"]
+    patterns = json.dumps(sorted({g for globs in project.get("tool", {}).get("setuptools", {})
+                                  .get("package-data", {}).values() for g in globs}))
     listed = "".join(f"    {json.dumps(d)},\n" for d in deps)
     return f"""\
 [build-system]
@@ -416,16 +446,18 @@ llmstudy = "llmstudy.learner_cli:main"
 include = ["llmstudy*", "grader*"]
 
 [tool.setuptools.package-data]
-"*" = ["*.py"]
+"*" = {patterns}
 """
 
 
 # --- 5. the leak check ----------------------------------------------------------------------------------------------
 def _message_parts(node: ast.AST) -> set[int]:
-    """ids of the constants that are message text (assert messages, f-string pieces, raised messages), not data."""
+    """ids of the constants that are message text (assert messages, f-string pieces, raised messages) or metadata
+    (decorators: points, concept ids), not data."""
     ids: set[int] = set()
     for n in ast.walk(node):
-        holders = [n.msg] if isinstance(n, ast.Assert) and n.msg else []
+        holders = list(getattr(n, "decorator_list", []))
+        holders += [n.msg] if isinstance(n, ast.Assert) and n.msg else []
         holders += [n] if isinstance(n, ast.JoinedStr) else []
         holders += [n.exc] if isinstance(n, ast.Raise) and n.exc else []
         for holder in holders:
@@ -445,8 +477,8 @@ def _constants(nodes: list[ast.AST], data_only: bool) -> set:
 
 def _distinctive(value) -> bool:
     """An expected value worth looking for: a string of some length, or a number no test suite shares by chance."""
-    if isinstance(value, str):
-        return len(value.strip()) >= HIDDEN_STRING_MIN
+    if isinstance(value, str):     # one word or identifier ("tokenizer", "max-new-tokens") is shared vocabulary
+        return len(value.strip()) >= HIDDEN_STRING_MIN and not re.fullmatch(r"[\w.\-]+", value.strip())
     if isinstance(value, int):
         return abs(value) >= 100 and value % 100 != 0 and value not in (128, 256, 512, 1024, 2048, 4096)
     return len(repr(abs(value)).replace(".", "").strip("0")) >= 3 and "e" not in repr(value)
@@ -553,6 +585,7 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
     for cut in cuts.values():
         test_imports |= {m for m in _top_level_and_dotted(cut.source)}
     modules = learner_modules(test_imports)
+    data_files = package_data(modules)
     shipped = [p.read_text(encoding="utf-8") for p in modules] + [c.source for c in cuts.values()]
     shipped += ["".join(c["source"]) for p in chosen.values()
                 for c in json.loads(p.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
@@ -565,6 +598,11 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         release.modules.append(str(path.relative_to(ROOT)))
+    for path in data_files:
+        target = out / path.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        release.data_files.append(str(path.relative_to(ROOT)))
     tests_dir = out / PUBLIC_TESTS
     tests_dir.mkdir(parents=True, exist_ok=True)
     (tests_dir / "__init__.py").write_text('"""The public tests: the self-check subset of the graders."""\n')
@@ -583,7 +621,8 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
                                                          table=_exercise_table()), encoding="utf-8")
 
     shipped_modules = set(release.modules)
-    release.left_out_modules = sorted(str(p.relative_to(ROOT)) for folder in ("llmstudy", "grader")
+    packages = {m.split(".")[0] for m in ENTRY_POINTS} | {p.split("/")[0] for p in release.modules}
+    release.left_out_modules = sorted(str(p.relative_to(ROOT)) for folder in sorted(packages)
                                       for p in (ROOT / folder).rglob("*.py") if "tests" not in p.parts
                                       and str(p.relative_to(ROOT)) not in shipped_modules)
     hidden_names = {name for names in release.hidden_tests.values() for name in names}
