@@ -17,6 +17,7 @@ import ast
 import json
 import re
 import shutil
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -592,45 +593,55 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
     release.dependencies = dependencies([_ipython_free(s) for s in shipped])
     torch, wheels = install_pins()
 
-    out.mkdir(parents=True, exist_ok=True)
-    for path in modules:
-        target = out / path.relative_to(ROOT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        release.modules.append(str(path.relative_to(ROOT)))
-    for path in data_files:
-        target = out / path.relative_to(ROOT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        release.data_files.append(str(path.relative_to(ROOT)))
-    tests_dir = out / PUBLIC_TESTS
-    tests_dir.mkdir(parents=True, exist_ok=True)
-    (tests_dir / "__init__.py").write_text('"""The public tests: the self-check subset of the graders."""\n')
-    for ex, cut in cuts.items():
-        (tests_dir / f"test_{ex.id}.py").write_text(cut.source, encoding="utf-8")
-        release.public_tests[ex.id], release.hidden_tests[ex.id] = cut.public, cut.hidden
-    (out / "exercises").mkdir()
-    for ex, path in chosen.items():
-        shutil.copyfile(path, out / "exercises" / ex.notebook)
-        release.notebooks.append(f"exercises/{ex.notebook}")
-    shutil.copytree(ROOT / "exercises" / "data", out / "exercises" / "data")
-    (out / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n", encoding="utf-8")
-    (out / "pyproject.toml").write_text(_pyproject(release.dependencies), encoding="utf-8")
-    (out / "Makefile").write_text(LEARNER_MAKEFILE.format(torch=torch, wheels=" ".join(wheels)), encoding="utf-8")
-    (out / "README.md").write_text(LEARNER_README.format(torch=torch, wheels=" ".join(wheels),
-                                                         table=_exercise_table()), encoding="utf-8")
+    # Written into a hidden sibling folder first, moved into place only once the leak check passes: a failed build
+    # leaves nothing that could be handed out.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for path in modules:
+            target = stage / path.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            release.modules.append(str(path.relative_to(ROOT)))
+        for path in data_files:
+            target = stage / path.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            release.data_files.append(str(path.relative_to(ROOT)))
+        tests_dir = stage / PUBLIC_TESTS
+        tests_dir.mkdir(parents=True, exist_ok=True)
+        (tests_dir / "__init__.py").write_text('"""The public tests: the self-check subset of the graders."""\n')
+        for ex, cut in cuts.items():
+            (tests_dir / f"test_{ex.id}.py").write_text(cut.source, encoding="utf-8")
+            release.public_tests[ex.id], release.hidden_tests[ex.id] = cut.public, cut.hidden
+        (stage / "exercises").mkdir()
+        for ex, path in chosen.items():
+            shutil.copyfile(path, stage / "exercises" / ex.notebook)
+            release.notebooks.append(f"exercises/{ex.notebook}")
+        shutil.copytree(ROOT / "exercises" / "data", stage / "exercises" / "data")
+        (stage / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n", encoding="utf-8")
+        (stage / "pyproject.toml").write_text(_pyproject(release.dependencies), encoding="utf-8")
+        (stage / "Makefile").write_text(LEARNER_MAKEFILE.format(torch=torch, wheels=" ".join(wheels)),
+                                        encoding="utf-8")
+        (stage / "README.md").write_text(LEARNER_README.format(torch=torch, wheels=" ".join(wheels),
+                                                             table=_exercise_table()), encoding="utf-8")
 
-    shipped_modules = set(release.modules)
-    packages = {m.split(".")[0] for m in ENTRY_POINTS} | {p.split("/")[0] for p in release.modules}
-    release.left_out_modules = sorted(str(p.relative_to(ROOT)) for folder in sorted(packages)
-                                      for p in (ROOT / folder).rglob("*.py") if "tests" not in p.parts
-                                      and str(p.relative_to(ROOT)) not in shipped_modules)
-    hidden_names = {name for names in release.hidden_tests.values() for name in names}
-    values = set().union(*(hidden_values(cut) for cut in cuts.values()))
-    leaks = find_leaks(out, hidden_names, values)
-    if leaks:
-        raise ReleaseError(f"the release in {out} would leak what the graders hide ({len(leaks)} finding(s)); "
-                           "nothing should be handed out from it:\n  " + "\n  ".join(leaks[:20]))
+        shipped_modules = set(release.modules)
+        packages = {m.split(".")[0] for m in ENTRY_POINTS} | {p.split("/")[0] for p in release.modules}
+        release.left_out_modules = sorted(str(p.relative_to(ROOT)) for folder in sorted(packages)
+                                          for p in (ROOT / folder).rglob("*.py") if "tests" not in p.parts
+                                          and str(p.relative_to(ROOT)) not in shipped_modules)
+        hidden_names = {name for names in release.hidden_tests.values() for name in names}
+        values = set().union(*(hidden_values(cut) for cut in cuts.values()))
+        leaks = find_leaks(stage, hidden_names, values)
+        if leaks:
+            raise ReleaseError(f"the release would leak what the graders hide ({len(leaks)} finding(s)), so {out} "
+                               "was not written:\n  " + "\n  ".join(leaks[:20]))
+        if out.exists():
+            out.rmdir()                  # checked empty above
+        stage.rename(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return release
 
 

@@ -210,6 +210,21 @@ def test_release_refuses_notebooks_with_the_answers_in_them(tmp_path):
     result = CliRunner().invoke(cli.main, ["release", str(tmp_path / "out"), "--notebooks", str(source)])
     assert result.exit_code == 1 and "would leak" in result.output and "solutions/" in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))   # nothing left to hand out
+
+
+def test_release_and_lab_say_what_to_fix(built, tmp_path):
+    out, _ = built
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["release", str(out)])
+    assert result.exit_code == 1 and "already has files" in result.output and "Traceback" not in result.output
+    (tmp_path / "few").mkdir()
+    shutil.copyfile(EXERCISES[0].notebook_path, tmp_path / "few" / EXERCISES[0].notebook)
+    result = runner.invoke(cli.main, ["release", str(tmp_path / "out"), "--notebooks", str(tmp_path / "few")])
+    assert result.exit_code == 1 and f"has no {EXERCISES[1].notebook}" in result.output
+    assert not (tmp_path / "out").exists()           # nothing half-written
+    result = runner.invoke(cli.main, ["lab", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "no notebooks folder" in result.output
 
 
 # --- installed as the README says ---------------------------------------------------------------------------------
