@@ -77,6 +77,7 @@ class GradingSetup(WorkerPlugin):
         self._problem: str | None = None
 
     def setup(self, worker) -> None:
+        tempfile.gettempdir()    # computed once, under a lock that a forked probe must not find held
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._loaded = threading.Event()
@@ -85,7 +86,8 @@ class GradingSetup(WorkerPlugin):
 
     def _serve(self) -> None:
         try:
-            self._worker = SandboxStarter(self.settings).start()
+            self._starter = SandboxStarter(self.settings)
+            self._worker = self._starter.start()
             self._import_graders()
         except Exception as exc:  # noqa: BLE001 - reported by every task this worker gets
             self._problem = f"{type(exc).__name__}: {exc}"
@@ -129,7 +131,7 @@ class GradingSetup(WorkerPlugin):
                 self._worker.close()
                 self._worker = None
             if self._worker is None:
-                self._worker = self._on_owner(lambda: SandboxStarter(self.settings).start(wait=True))
+                self._worker = self._on_owner(lambda: self._starter.start(wait=True))
             return self._worker
 
     def teardown(self, worker) -> None:
@@ -141,27 +143,28 @@ class GradingSetup(WorkerPlugin):
 
 
 class SandboxStarter:
-    """A SandboxWorker from the batch's settings, checked against what this worker can do."""
+    """SandboxWorkers from the batch's settings and what this worker can do, decided once: isolation_problem()
+    forks a probe, and a fork while another thread holds a lock (tempfile's, say) can hang the probe."""
 
     def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def start(self, wait: bool = False):
         from grader.sandbox import Limits, SandboxWorker, isolation_problem
         from llmstudy.models import resolve_device
 
-        s = self.settings
+        s = settings
         sandboxed = s.sandboxed
         if sandboxed and (problem := isolation_problem()) is not None:
             if not s.allow_unsandboxed:
                 raise RuntimeError(f"this worker can't isolate learner code ({problem}); run `dask worker` as "
-                                   "root on Linux (or with user namespaces), or grade with --allow-unsandboxed")
+                                   "root on Linux, or grade with --allow-unsandboxed")
             sandboxed = False
         limits = Limits(call_timeout=s.timeout, budget=s.budget, cpu_seconds=int(s.budget) + 60)
-        options = dict(device=resolve_device(s.device), sandboxed=sandboxed, limits=limits, hide=s.hide, wait=wait)
+        self.options = dict(device=resolve_device(s.device), sandboxed=sandboxed, limits=limits, hide=s.hide)
         if "preload" in inspect.signature(SandboxWorker).parameters:
-            options["preload"] = s.preload
-        return SandboxWorker(**options)
+            self.options["preload"] = s.preload
+
+    def start(self, wait: bool = False):
+        from grader.sandbox import SandboxWorker
+        return SandboxWorker(**self.options, wait=wait)
 
 
 def grade_task(task: Task) -> ExerciseResult:
@@ -182,6 +185,7 @@ def _grade(task: Task, setup: GradingSetup) -> ExerciseResult:
     from grader.extract import SubmissionError, extract
     from grader.sandbox import SandboxBroken
 
+    setup.sandbox()                      # set-up first: nothing else of ours runs while it forks its probe
     with tempfile.TemporaryDirectory(prefix="llmstudy-") as tmp:   # extract() reads a file: a private copy
         path = Path(tmp) / Path(task.filename).name
         path.write_bytes(task.data)
