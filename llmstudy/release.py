@@ -421,12 +421,13 @@ def _exercise_table() -> str:
     return "\n".join(rows)
 
 
-def _pyproject(deps: list[str]) -> str:
+def _pyproject(deps: list[str], modules: list[str]) -> str:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     version = project["project"]["version"]
     patterns = json.dumps(sorted({g for globs in project.get("tool", {}).get("setuptools", {})
                                   .get("package-data", {}).values() for g in globs}))
     listed = "".join(f"    {json.dumps(d)},\n" for d in deps)
+    packages = json.dumps(sorted({m.split("/")[0] + "*" for m in modules}))
     return f"""\
 [build-system]
 requires = ["setuptools>=68"]
@@ -444,7 +445,7 @@ dependencies = [
 llmstudy = "llmstudy.learner_cli:main"
 
 [tool.setuptools.packages.find]
-include = ["llmstudy*", "grader*"]
+include = {packages}
 
 [tool.setuptools.package-data]
 "*" = {patterns}
@@ -620,7 +621,7 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
             release.notebooks.append(f"exercises/{ex.notebook}")
         shutil.copytree(ROOT / "exercises" / "data", stage / "exercises" / "data")
         (stage / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n", encoding="utf-8")
-        (stage / "pyproject.toml").write_text(_pyproject(release.dependencies), encoding="utf-8")
+        (stage / "pyproject.toml").write_text(_pyproject(release.dependencies, release.modules), encoding="utf-8")
         (stage / "Makefile").write_text(LEARNER_MAKEFILE.format(torch=torch, wheels=" ".join(wheels)),
                                         encoding="utf-8")
         (stage / "README.md").write_text(LEARNER_README.format(torch=torch, wheels=" ".join(wheels),

@@ -260,6 +260,15 @@ def test_check_on_the_reference_gives_full_public_marks(venv, exercise, tmp_path
     assert f"{exercise}: {want.max_score:g}/{want.max_score:g} points" in proc.stdout
 
 
+def test_release_venv_imports_every_shipped_module_from_any_folder(venv, tmp_path):
+    shipped = sorted(".".join(p.relative_to(venv).with_suffix("").parts).removesuffix(".__init__")
+                     for top in ("llmstudy", "grader", "cards") for p in (venv / top).rglob("*.py"))
+    assert "llmstudy.selfcheck" in shipped and "grader.runner" in shipped
+    probe = f"import importlib\nfor m in {shipped!r}:\n    importlib.import_module(m)\nprint('ok')"
+    proc = learner(venv, "python", "-c", probe, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_release_venv_cannot_import_the_answers_or_the_hidden_graders(venv, tmp_path):
     probe = ("import importlib, llmstudy.exercises as e\n"
              "for m in ('solutions', 'solutions.attention', 'grader.tests', 'grader.tests.test_attention'):\n"
