@@ -1,8 +1,8 @@
 """The adversarial suite: a class of hostile submissions (tests/adversarial/<case>/) graded in one `llmstudy grade`
 run, each with its expected outcome, next to a correct submission that must still get full marks.
 
-Every case targets exercise 01 (positional_encoding), except forged_inplace (03, sampling) and forged_minilm (02,
-attention). Placeholders in the fixtures ({{ROOT}}, {{PORT}}, ...) are filled in per run, so that an attack aims at
+Every case targets exercise 01 (positional_encoding), except forged_inplace (03, sampling), forged_minilm (02,
+attention), the generation cases (04) and forged_exception_check (01 and 03). Placeholders in the fixtures ({{ROOT}}, {{PORT}}, ...) are filled in per run, so that an attack aims at
 this checkout, a port this test listens on, and files it checks.
 """
 from __future__ import annotations
@@ -87,10 +87,15 @@ def full(graded, case: str) -> None:
 
 
 def zeros_score(graded) -> float:
-    """The control: a plain wrong answer (a zero table). It passes the shape/dtype checks only."""
+    """The control: a plain wrong answer (a zero table), which computes nothing and so scores 0."""
     r = rec(graded, "zeros")
-    assert r["status"] == "graded" and 0 < r["score"] < r["max_score"], r
+    assert r["status"] == "graded" and r["score"] == 0 and r["max_score"] > 0, r
     return r["score"]
+
+
+def record(graded, case: str, exercise: str) -> dict:
+    return next(e for s in graded["results"]["submissions"] if s["student"] == case
+                for e in s["exercises"] if e["exercise"] == exercise)
 
 
 def only_some_fail(graded, case: str, pattern: str) -> list[dict]:
@@ -302,11 +307,56 @@ def test_without_the_sandbox_the_same_attack_succeeds(tmp_path, monkeypatch):
     assert scores["read_solutions"] == scores["correct"] == results.max_score, results
 
 
-def test_top_level_model_loads_reuse_the_preloaded_models(graded):
-    """Loading both models at import would take seconds from disk; the sandbox hands over the worker's preloaded
-    copies whichever way load() is called (the submission raises if two calls give different objects). Its
-    positional_encoding is a loop-based alternative, so this also shows another correct way gets full marks."""
+def test_top_level_model_loads_get_the_same_proxy(graded):
+    """A notebook's top-level load() gets a proxy (no weights in the learner's process), the same object whichever
+    way load() is called (the submission raises if two calls give different objects). Its positional_encoding is a
+    loop-based alternative, so this also shows another correct way gets full marks."""
     full(graded, "top_level_model_load")
+
+
+def test_forged_exception_verdicts_gain_nothing(graded):
+    """Replacing grader.harness.exception_raised (which once decided the input-check verdict in the learner's
+    process) or any grader function found there changes nothing: the verdict is computed in the grader."""
+    control = rec(graded, "no_input_checks")
+    assert control["status"] == "graded" and 0 < control["score"] < control["max_score"], control
+    assert rec(graded, "forged_exception_check")["score"] == control["score"]
+    sampling = record(graded, "forged_exception_check", "sampling")
+    assert sampling["status"] == "graded" and 0 < sampling["score"] < sampling["max_score"], sampling
+
+
+def test_a_child_that_claims_value_error_for_everything_scores_zero(graded):
+    """The one claim a child makes beyond values is which exception was raised; claiming ValueError for every call
+    is worth what raising it for every call is worth: nothing, since input checks count once a table is right."""
+    r = rec(graded, "claims_value_error_always")
+    assert r["status"] == "graded" and r["score"] == 0, r
+
+
+def test_garbage_and_forged_frames_cost_only_their_calls(graded):
+    r = rec(graded, "garbage_frames")
+    assert r["status"] in ("graded", "timeout") and r["score"] == 0, r
+    assert all("died" in t["message"] or "time" in t["message"] or "positional_encoding" in t["message"]
+               for t in r["tests"]), r["tests"]
+    assert graded["run"].exit_code == 0 and not r["message"].startswith("internal")
+
+
+@pytest.mark.parametrize("case", ["generation_shortcut", "returns_input_ids", "forged_model_calls"])
+def test_generation_without_the_loop_scores_zero(graded, case):
+    """The library's decoding does not exist behind the model proxy, and probing the proxy reaches nothing."""
+    r = record(graded, case, "generation")
+    assert r["status"] == "graded" and r["score"] == 0, (r["message"], r["tests"])
+
+
+@pytest.mark.parametrize("case, status", [("default_argument_loop", "timeout"), ("decorator_exit", "error"),
+                                          ("class_body_bomb", "error")])
+def test_code_that_runs_at_import_through_definitions_is_contained(graded, case, status):
+    """Default arguments, decorators and class bodies run at import: a loop there is a timeout, an exit or a memory
+    bomb an error, and the batch goes on."""
+    r = rec(graded, case)
+    assert r["status"] == status and r["score"] == 0, r
+
+
+def test_the_graders_environment_is_not_readable_through_proc(graded):
+    assert rec(graded, "proc_environ")["score"] == zeros_score(graded)
 
 
 def test_a_forged_internal_error_is_the_learners_error(graded):

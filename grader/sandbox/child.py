@@ -117,8 +117,11 @@ def _models_are_proxies(channel: _Channel) -> None:
     load_tokenizer = models.load_tokenizer
 
     @functools.cache
-    def load(name: str, device: str = "auto"):
+    def load_once(name: str):
         return ModelProxy(name, channel, channel.device), load_tokenizer(name)
+
+    def load(name: str, device: str = "auto"):
+        return load_once(name)
 
     models.load = load
 
