@@ -1,0 +1,248 @@
+"""Grading on Dask (grader.cluster, grader.batch): a LocalCluster, a hand-started "remote" cluster through
+--scheduler, a worker killed mid-batch, and the grader itself killed mid-batch then resumed.
+
+Every run grades examples/class with `llmstudy grade` as a separate process, sandboxed, on 2 workers of one thread
+each, with the demo's --timeout 8 (dan's endless generation loop then costs 80 s of budget, the rest of the class
+finishes well inside its calls' limits even on a loaded 2-core machine). Each worker holds torch and the models
+(~1.5 GB), and only one cluster runs at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from grader.sandbox import isolation_problem
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASS = ROOT / "examples" / "class"
+DASK = Path(sys.executable).parent / "dask"
+FILES = sum(1 for student in CLASS.iterdir() for f in student.iterdir() if f.suffix in (".py", ".ipynb"))
+ENTRIES = 4 * 5                                      # four students, five exercises: one record each
+WAIT = 600                                           # seconds any one grading run may take on a loaded machine
+
+sandboxed = pytest.mark.skipif(isolation_problem() is not None,
+                               reason=f"grading needs the sandbox: {isolation_problem()}")
+
+
+def grade_command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "grade", str(CLASS), "--out", str(out / "results.json"),
+            "--csv", str(out / "grades.csv"), "--gradescope", str(out / "gradescope"),
+            "--feedback", str(out / "feedback"), "--device", "cpu", "--timeout", "8", *extra]
+
+
+def grade(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    run = subprocess.run(grade_command(out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def scores(out: Path) -> dict[tuple[str, str], tuple[str, float]]:
+    data = json.loads((out / "results.json").read_text())
+    return {(s["student"], e["exercise"]): (e["status"], e["score"]) for s in data["submissions"]
+            for e in s["exercises"]}
+
+
+def journal_rows(out: Path) -> list[dict]:
+    """The journal's complete records (a line torn by a kill doesn't count, as in grader.batch.Journal)."""
+    rows = []
+    for line in (out / "results.journal.jsonl").read_text().splitlines()[1:]:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """Every report file (not the journal, which records arrival order) by path relative to `out`."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.endswith(".journal.jsonl")}
+
+
+def wait_for(condition, what: str, timeout: float = WAIT, every: float = 0.2):
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> Path:
+    """An uninterrupted LocalCluster run on examples/class: the reference for every other run here."""
+    out = tmp_path_factory.mktemp("local")
+    grade(out, "--workers", "2")
+    return out
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """`dask scheduler` and two `dask worker` processes from the venv on 127.0.0.1; yields the address."""
+    folder = tmp_path_factory.mktemp("remote")
+    address_file = folder / "scheduler.json"
+    env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="2")   # as grader.cluster's LocalCluster
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(address_file)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=(folder / "scheduler.log").open("w"))]
+    try:
+        wait_for(lambda: address_file.exists() or procs[0].poll() is not None, "the scheduler file", 60)
+        assert procs[0].poll() is None, (folder / "scheduler.log").read_text()[-2000:]
+        address = json.loads(address_file.read_text())["address"]
+        for n in range(2):
+            procs.append(subprocess.Popen([str(DASK), "worker", address, "--nthreads", "1", "--memory-limit", "0",
+                                           "--no-dashboard", "--host", "127.0.0.1"], cwd=ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=(folder / f"worker{n}.log").open("w")))
+        from distributed import Client
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+DIRECT = """
+import json, sys
+from pathlib import Path
+from grader import cluster
+from grader.batch import exercise_max_score, find_submissions
+settings = cluster.Settings(device="cpu", timeout=8.0, budget=80.0)
+setup = cluster.GradingSetup(settings)
+setup.setup(None)
+records = []
+for student, exercise, path in find_submissions(Path(sys.argv[1])):
+    if student == sys.argv[2] and path is not None:
+        task = cluster.Task(student, exercise, path.name, path.read_bytes(), exercise_max_score(exercise),
+                            settings.plugin_name)
+        records.append(cluster._grade(task, setup).to_dict())
+setup.teardown(None)
+print(json.dumps(records))
+"""
+
+
+@sandboxed
+def test_local_cluster_grades_like_the_sandbox_without_dask(local):
+    """Dask only moves tasks: each of ben's files (the classic bugs: partial scores in every exercise), graded in a
+    plain process through the same per-worker set-up without any Dask, gets exactly the record the LocalCluster
+    run wrote. (A plain process, not this one: pytest's assertion rewriting here would change the messages.)"""
+    from grader.results import ClassResult, ExerciseResult
+
+    results = ClassResult.from_dict(json.loads((local / "results.json").read_text()))
+    ada = next(s for s in results.submissions if s.student == "ada")
+    assert ada.score == ada.max_score == results.max_score, ada           # the reference solutions: full marks
+    run = subprocess.run([sys.executable, "-c", DIRECT, str(CLASS), "ben"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=WAIT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    direct = [ExerciseResult.from_dict(r) for r in json.loads(run.stdout.splitlines()[-1])]
+    ben = next(s for s in results.submissions if s.student == "ben")
+    assert len(direct) == 5 and direct == ben.exercises
+
+
+@sandboxed
+def test_a_hand_started_cluster_through_scheduler_gives_the_same_scores(local, remote, tmp_path):
+    grade(tmp_path, "--scheduler", remote)
+    assert scores(tmp_path) == scores(local)
+    assert len(journal_rows(tmp_path)) == FILES
+
+
+@sandboxed
+def test_a_worker_killed_mid_task_is_replaced_and_loses_nothing(local, remote, tmp_path):
+    """SIGKILL one worker process while it grades a generation file (seconds long): the scheduler gives the task
+    to another worker, the nanny starts a new worker, and every file still gets exactly one record."""
+    from distributed import Client
+
+    with Client(remote, timeout="30s") as client:
+        pids = client.run(os.getpid)                           # worker address -> its process
+        proc = subprocess.Popen(grade_command(tmp_path, "--scheduler", remote), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            def busy_worker():
+                return next((addr for addr, keys in client.processing().items()
+                             if any(str(k).startswith("llmstudy-grade-generation-") for k in keys)), None)
+            victim = wait_for(busy_worker, "a worker grading a generation file")
+            os.kill(pids[victim], signal.SIGKILL)
+
+            def retried():
+                counts = client.run_on_scheduler(lambda dask_scheduler: [
+                    ts.suspicious for key, ts in dask_scheduler.tasks.items() if str(key).startswith("llmstudy-")])
+                return [c for c in counts if c > 0]
+            assert wait_for(retried, "the scheduler to count the lost task", 60) == [1]   # one task lost, once
+            _, stderr = proc.communicate(timeout=WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, stderr[-3000:]
+        assert not psutil.pid_exists(pids[victim]) or psutil.Process(pids[victim]).status() == "zombie"
+        client.wait_for_workers(2, timeout=120)                # the nanny replaced it
+    rows = journal_rows(tmp_path)
+    assert len(rows) == FILES and len({(r["student"], r["exercise"]) for r in rows}) == FILES
+    assert len(scores(tmp_path)) == ENTRIES
+    assert scores(tmp_path) == scores(local)
+
+
+@sandboxed
+def test_resume_after_a_killed_grader_grades_only_the_rest_and_writes_the_same_bytes(local, tmp_path):
+    """SIGKILL `llmstudy grade` once its first record is journalled; `--resume` grades only the files without a
+    record, and every report file is byte-identical to the uninterrupted run's."""
+    proc = subprocess.Popen(grade_command(tmp_path, "--workers", "2"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        journal = tmp_path / "results.journal.jsonl"
+        wait_for(lambda: journal.exists() and journal_rows(tmp_path), "the first journalled record")
+        family = psutil.Process(proc.pid).children(recursive=True)     # its workers, their zygotes and children
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    # the cluster's workers and their zygotes notice their parent is gone; none may be left grading
+    _, alive = psutil.wait_procs(family, timeout=120)
+    assert not alive, [p.cmdline() for p in alive]
+    kept = journal_rows(tmp_path)
+    assert 0 < len(kept) < FILES                          # it really stopped mid-batch
+    resumed = grade(tmp_path, "--workers", "2", "--resume")
+    assert f"grading {FILES - len(kept)}" in " ".join(resumed.stderr.split())
+    rows = journal_rows(tmp_path)
+    assert rows[:len(kept)] == kept and len(rows) == FILES    # kept records untouched, only the rest added
+    assert output_files(tmp_path) == output_files(local)
+
+
+def test_a_bad_scheduler_address_is_one_line_saying_what_to_fix(tmp_path):
+    from cli import main
+    run = CliRunner().invoke(main, ["grade", str(CLASS), "--out", str(tmp_path / "r.json"),
+                                    "--scheduler", "tcp://127.0.0.1"])
+    assert run.exit_code == 1 and "give it as tcp://HOST:PORT" in run.output and "Traceback" not in run.output
+    run = CliRunner().invoke(main, ["grade", str(CLASS), "--scheduler", "tcp://127.0.0.1:8786", "--workers", "2"])
+    assert run.exit_code == 1 and "drop one of the two" in run.output
+
+
+def test_an_unreachable_scheduler_is_one_line_saying_what_to_fix(tmp_path):
+    import socket
+
+    from cli import main
+    with socket.socket() as probe:                    # a port nobody listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        run = CliRunner().invoke(main, ["grade", str(CLASS), "--out", str(tmp_path / "r.json"),
+                                        "--scheduler", f"tcp://127.0.0.1:{port}"])
+    assert run.exit_code == 1 and "can't reach the Dask scheduler" in run.output, run.output
+    assert "dask scheduler" in run.output and len(run.output.strip().splitlines()) == 1
