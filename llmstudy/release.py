@@ -3,8 +3,9 @@
     OUT/README.md, OUT/Makefile     the learner's two commands: `make setup`, then `make lab`
     OUT/exercises/                  the five notebooks with stubs (or nbgrader's student notebooks), and data/
     OUT/pyproject.toml              the learner package, installed with `pip install -e .` into OUT/.venv:
-    OUT/llmstudy/, OUT/grader/        the models loader, check(), `llmstudy check`, copied from this repository:
-                                      the modules that ENTRY_POINTS import, followed import by import
+    OUT/llmstudy/, OUT/grader/, ...   the models loader, check(), `llmstudy check`, copied from this repository:
+                                      the modules that ENTRY_POINTS import, followed import by import, and their
+                                      packages' data files (the deck's concepts, which check() names)
     OUT/llmstudy/public_tests/        each grader file cut down by AST to its @pytest.mark.public tests
 
 The steps, each a small function: cut the public tests, follow the imports, pick the dependencies, copy, write the
