@@ -559,7 +559,9 @@ def find_leaks(folder: Path, hidden_names: set[str], values: set) -> list[str]:
             text += "\n" + "\n".join(_notebook_texts(raw))
         for line in {ln.strip() for ln in text.splitlines()} & solution_lines.keys():
             leaks.append(f"{name}: a line of {solution_lines[line]}: {line[:70]!r}")
-        leaks += [f"{name}: the hidden test name {t}" for t in sorted(hidden_names) if t in text]
+        # a whole name: a hidden test_fit must not match a public test_fit_uses_every_example
+        leaks += [f"{name}: the hidden test name {t}" for t in sorted(hidden_names)
+                  if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text)]
         leaks += [f"{name}: the hidden expected value {s[:60]!r}" for s in strings if s in text]
         if path.suffix in (".py", ".ipynb"):
             leaks += [f"{name}: the hidden expected value {v!r}" for v in sorted(numbers & _python_constants(path, raw))]

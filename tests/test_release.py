@@ -132,7 +132,10 @@ def test_leak_check_catches_an_answer_a_hidden_name_and_a_hidden_value(built, tm
         f.write(f"\n{cut.hidden[0]}\n")
     with open(copy / "llmstudy" / "selfcheck.py", "a") as f:
         f.write(f"\n    {answer}\nLEAK = {value!r}\n")
+    with open(copy / ".gitignore", "a") as f:
+        f.write(f"# {cut.hidden[0]}_and_more is another name, not the hidden test's\n")
     leaks = rel.find_leaks(copy, set(cut.hidden), values)
+    assert not any(".gitignore" in x for x in leaks), leaks
     assert any("README.md" in x and cut.hidden[0] in x for x in leaks), leaks
     assert any("selfcheck.py" in x and "solutions/sampling.py" in x for x in leaks), leaks
     assert any("selfcheck.py" in x and "hidden expected value" in x for x in leaks), leaks
