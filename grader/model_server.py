@@ -49,7 +49,8 @@ class Stats:
     runs: int = 0                     # forward passes of the model (requests served from the cache need none)
     positions_computed: int = 0       # token positions the model ran on (rows x new positions)
     positions_served: int = 0         # token positions whose logits were returned
-    forward_seconds: float = 0.0
+    forward_seconds: float = 0.0      # serving, cache bookkeeping included
+    model_seconds: float = 0.0        # the model's own forward passes only
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -166,8 +167,11 @@ class ModelServer:
         return logits
 
     def _run(self, model, ids: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
+        import time
+        start = time.perf_counter()
         with torch.no_grad():
             out = model(ids.to(self.device), cache=cache, use_cache=True)   # transformers 5: `cache`
+        self.stats.model_seconds += time.perf_counter() - start
         self.stats.positions_computed += ids.numel()
         self.stats.runs += 1
         return out.logits.float().cpu(), out.past_key_values                 # [B, l, V], the grown cache

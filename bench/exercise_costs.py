@@ -1,0 +1,125 @@
+"""Per-exercise cost of grading one correct submission, sandboxed, against the model compute it needs (the limit).
+
+    .venv/bin/python bench/exercise_costs.py [--repeats 3] [--student examples/class/ada]
+
+One sandbox worker grades the student's five files once to warm up (imports, references, the generate() oracle:
+work done once per worker), then `--repeats` more times. Everything runs on one thread and one process is busy at a
+time (the grader waits while the child runs, the child waits while the grader serves its model calls), so wall
+seconds are core-seconds. For each exercise it reports:
+  - core-seconds per submission (median over repeats), open + grade + close;
+  - the forward passes ("decoding steps") and token positions its tests made the model compute for the learner's
+    code, from the submission's model server;
+  - the limit: the same forward passes replayed on the model alone, in this run (a fresh ModelServer fed the same
+    requests: only the model's compute and its KV cache), and the ratio of the two.
+Exercises without learner model calls have no such limit (their oracles are cheap tensor maths) and report "-".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    from grader import runner
+    from grader.extract import extract
+    from grader.model_server import ModelServer
+    from grader.sandbox import Limits, SandboxWorker
+    from llmstudy.exercises import EXERCISES
+
+    start = time.perf_counter()
+    worker = SandboxWorker(sandboxed=sandboxed, limits=Limits(call_timeout=60, budget=600))
+    startup = time.perf_counter() - start
+    files = {}
+    for ex in EXERCISES:
+        for suffix in (".py", ".ipynb"):
+            if (student / f"{ex.stem}{suffix}").exists():
+                files[ex.id] = student / f"{ex.stem}{suffix}"
+                break
+    rows: dict[str, dict] = {ex: {"seconds": [], "score": None} for ex in files}
+    requests: dict[str, list] = {}
+    for round_ in range(repeats + 1):                     # round 0 warms up
+        for ex, path in files.items():
+            log: list = []
+            original = ModelServer.forward
+
+            def recording(self, name, input_ids, past=None, _log=log, _orig=original):
+                ids = input_ids.clone() if isinstance(input_ids, torch.Tensor) else input_ids
+                logits, handle = _orig(self, name, input_ids, past)
+                _log.append((name, ids, past, handle))
+                return logits, handle
+
+            ModelServer.forward = recording
+            try:
+                t = time.perf_counter()
+                sub = worker.open(ex, extract(path), path.name)
+                result = runner.grade(ex, sub)
+                sub.close()
+                seconds = time.perf_counter() - t
+            finally:
+                ModelServer.forward = original
+            if round_:
+                rows[ex]["seconds"].append(seconds)
+            rows[ex].update(score=result.score, max_score=result.max_score, runs=sub.server.stats.runs,
+                            positions=sub.server.stats.positions_computed)
+            requests[ex] = log
+    worker.close()
+    for ex, row in rows.items():
+        row["core_seconds"] = statistics.median(row.pop("seconds"))
+        row["limit_seconds"] = _replay(requests[ex]) if requests[ex] else None
+        row["ratio"] = row["core_seconds"] / row["limit_seconds"] if row["limit_seconds"] else None
+    total = sum(r["core_seconds"] for r in rows.values())
+    return {"student": str(student), "repeats": repeats, "sandboxed": sandboxed, "worker_start_seconds": startup,
+            "exercises": rows, "total_core_seconds": total,
+            "total_limit_seconds": sum(r["limit_seconds"] or 0 for r in rows.values())}
+
+
+def _replay(requests: list) -> float:
+    """The model alone: the same requests on a fresh server (past handles mapped to the replay's), timed."""
+    from grader.model_server import ModelServer
+    best = float("inf")
+    for _ in range(3):                                    # best of three: the limit is what the model can do
+        server, handles = ModelServer("cpu"), {}
+        for name, ids, past, original in requests:
+            _, handles[original] = server.forward(name, ids, handles.get(past))
+        best = min(best, server.stats.model_seconds)
+    return best
+
+
+def markdown(r: dict) -> str:
+    lines = ["| exercise | score | core-s / submission | forward passes | token positions | model alone (limit) s "
+             "| ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for ex, row in r["exercises"].items():
+        limit = f"{row['limit_seconds']:.2f}" if row["limit_seconds"] else "-"
+        ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
+        lines.append(f"| {ex} | {row['score']:g}/{row['max_score']:g} | {row['core_seconds']:.2f} | {row['runs']} | "
+                     f"{row['positions']} | {limit} | {ratio} |")
+    lines.append(f"| **all five** | | **{r['total_core_seconds']:.2f}** | | | {r['total_limit_seconds']:.2f} | |")
+    lines.append(f"\nSandbox worker start (zygote: torch, transformers, tokenizers; no models): "
+                 f"{r['worker_start_seconds']:.1f} s.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default=str(HERE.parent / "examples" / "class" / "ada"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--allow-unsandboxed", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    result = measure(Path(args.student), args.repeats, sandboxed=not args.allow_unsandboxed)
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
