@@ -107,6 +107,15 @@ class SandboxWorker:
         if "error" in reply:
             raise SandboxBroken(reply["error"])
         return reply
+    def _log_tail(self) -> str:
+        """The zygote's last words (its stderr), to say why it stopped."""
+        try:
+            self._log.seek(0)
+            text = self._log.read()[-1500:].decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+        return f": {text}" if text else ""
+
     def alive(self) -> bool:
         return self._proc.poll() is None
 
@@ -270,6 +279,9 @@ class SandboxSubmission(Submission):
         except TimeoutError:
             self.timeouts += 1
             self._stop()
+            if limit < self.worker.limits.call_timeout:     # the budget, not the call's own limit, ran out
+                raise SubmissionTimeout(f"{where} did not finish before your code used up its total time of "
+                                        f"{self.worker.limits.budget:g} s (an endless loop?)") from None
             raise SubmissionTimeout(f"{where} did not finish within {limit:g} s (an endless loop?)") from None
         except (EOFError, OSError, ProtocolError, struct.error) as exc:
             self.deaths += 1
