@@ -160,7 +160,7 @@ def test_grade_nbgrader_scores_appear_in_nbgrader_export(course, sandboxed):
     assert score["stub"] == 0 and score["corrupt"] == 0
     # the source notebook's locked grade cell (whose hidden part imports grader.nbgrader) is not learner code
     assert score["instructor"] == full
-    status = {s.student: s.exercises[0].status for s in results.submissions}
+    status = {s["student"]: s["exercises"][0]["status"] for s in results["submissions"]}
     assert status == {"correct": "graded", "buggy": "graded", "stub": "graded", "corrupt": "error",
                       "instructor": "graded"}
     # nbgrader can't read the corrupt notebook; its grade is still set (not left for manual grading in formgrader)

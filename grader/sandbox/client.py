@@ -71,6 +71,9 @@ class SandboxWorker:
         `preload` is accepted for old callers and ignored: the zygote holds no models any more."""
         from llmstudy import models
         self.device, self.sandboxed, self.limits = device, sandboxed, limits
+        if "smollm2" in tokenizers and not models.smollm2_cache_built() and \
+                any(i.name == "smollm2" and i.files for i in models.available()):
+            models.load("smollm2", "cpu")    # builds the fp32 cache once per machine: its tokenizer is bound below
         tokenizers = tuple(t for t in tokenizers if t != "smollm2" or models.smollm2_cache_built())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._log = tempfile.TemporaryFile()
