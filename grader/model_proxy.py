@@ -11,7 +11,7 @@ so the hidden tests never depend on which one they get.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -138,7 +138,3 @@ class InProcessTransport:
     def info(self, name: str) -> dict:
         return self._server.info(name)
 
-
-def resolver(transport, device: str) -> Callable[[str], ModelProxy]:
-    """codec.decode's resolve_model: a ModelRef becomes a proxy on `transport`."""
-    return lambda name: ModelProxy(name, transport, device)

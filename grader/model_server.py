@@ -150,7 +150,7 @@ class ModelServer:
         if best is not None and shared == L:                               # full is a prefix of an entry
             self._entries.move_to_end(best)
             return self._entries[best].logits[:, :L]
-        cache, head, start = None, full[:, :0, None].float(), 0
+        cache, head, start = None, None, 0
         if best is not None:
             entry = self._entries[best]
             if shared == entry.ids.shape[1]:                               # extends the entry: grow it in place
@@ -162,7 +162,7 @@ class ModelServer:
                 head = entry.logits[:, :shared]
             start = shared
         new, cache = self._run(model, full[:, start:], cache)
-        logits = torch.cat([head, new], dim=1) if start else new
+        logits = new if head is None else torch.cat([head, new], dim=1)
         self._store(_Entry(full, cache, logits))
         return logits
 
