@@ -49,8 +49,8 @@ def models():
 @click.pass_context
 def demo(ctx, out_dir, workers, device):
     """The newcomer's tour: export the deck, grade the bundled example class, print a summary."""
-    from grader.sandbox import isolation_problem
-    from llmstudy.exercises import ROOT
+    from llmstudy.grader.sandbox import isolation_problem
+    from llmstudy.catalog import EXAMPLE_CLASS_DIR
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def demo(ctx, out_dir, workers, device):
     if problem:
         click.secho(f"note: no sandbox here ({problem}); grading the bundled examples without it. "
                     "Real classes need the sandbox: see the README.", fg="yellow")
-    ctx.invoke(grade, submissions=str(ROOT / "examples" / "class"), out=str(out / "results.json"),
+    ctx.invoke(grade, submissions=str(EXAMPLE_CLASS_DIR), out=str(out / "results.json"),
                csv_path=str(out / "grades.csv"), gradescope=None, feedback=str(out / "feedback"), workers=workers,
                scheduler=None, resume=False, device=device, timeout=8.0, allow_unsandboxed=bool(problem),
                nbgrader_course=None, assignment=None)
@@ -94,9 +94,9 @@ def cards():
               default=None, help="Folder of concept YAML files [default: cards/concepts].")
 def cards_export(lang, out, fmt, concepts_dir):
     """Write the deck for Anki; re-importing a newer export updates the same notes."""
-    from cards.data import CONCEPTS_DIR, CardDataError, load_concepts
-    from cards import deck
-    from cards.figures import FigureFontMissing
+    from llmstudy.cards.data import CONCEPTS_DIR, CardDataError, load_concepts
+    from llmstudy.cards import deck
+    from llmstudy.cards.figures import FigureFontMissing
 
     concepts_dir = concepts_dir or CONCEPTS_DIR
 
@@ -129,7 +129,7 @@ def cards_export(lang, out, fmt, concepts_dir):
               default=None, help="Folder of concept YAML files [default: cards/concepts].")
 def cards_list(concepts_dir):
     """Every concept in lecture order: id, section, terms, figure and exercise."""
-    from cards.data import CardDataError, load_concepts
+    from llmstudy.cards.data import CardDataError, load_concepts
     try:
         concepts = load_concepts(concepts_dir)
     except CardDataError as err:
@@ -169,9 +169,9 @@ def review(lang, limit, new_per_day, retention, db, stats, export_log, optimize,
     """Review the deck's concepts in the terminal, scheduled by FSRS (Enter reveals, 1-4 rates, q quits)."""
     from rich.console import Console
 
-    from cards import review as rv
-    from cards.data import CardDataError, load_concepts
-    from cards.store import Store, StoreError
+    from llmstudy.cards import review as rv
+    from llmstudy.cards.data import CardDataError, load_concepts
+    from llmstudy.cards.store import Store, StoreError
 
     console = Console(highlight=False)
     try:
@@ -209,7 +209,7 @@ def review(lang, limit, new_per_day, retention, db, stats, export_log, optimize,
 
 def _review_optimize(store, moment) -> None:
     """`llmstudy review --optimize`: fit, report, store (the defaults stay below the optimizer's minimum)."""
-    from cards import optimize as opt
+    from llmstudy.cards import optimize as opt
 
     result = opt.optimize(opt.logs_from_store(store))
     if result.fitted:
@@ -220,8 +220,8 @@ def _review_optimize(store, moment) -> None:
 
 def _review_bring_forward(store, deck, from_results, student, ids_text, moment) -> None:
     """Make the cards of failed tests (or of the given concept ids) due now, and say which."""
-    from cards import grades
-    from cards import review as rv
+    from llmstudy.cards import grades
+    from llmstudy.cards import review as rv
 
     known = {c.id for c in deck}
     if from_results is not None:
@@ -252,7 +252,7 @@ def _review_bring_forward(store, deck, from_results, student, ids_text, moment) 
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 def check(file, show_code, device):
     """Run the public tests of one exercise notebook (or .py) on your machine; exit 1 if any fails."""
-    from grader.extract import SubmissionError, extract
+    from llmstudy.grader.extract import SubmissionError, extract
 
     try:
         if show_code:
@@ -263,7 +263,7 @@ def check(file, show_code, device):
     except (KeyError, SubmissionError) as exc:
         raise UserError(exc.args[0]) from None
     except Exception as exc:  # noqa: BLE001 - the learner's own code failed at import
-        from grader.submission import describe_exception
+        from llmstudy.grader.submission import describe_exception
         raise UserError(describe_exception("your code at import", exc)) from None
     for test in result.tests:
         mark = click.style("PASS", fg="green") if test.passed else click.style("FAIL", fg="red")
@@ -309,8 +309,8 @@ def grade(submissions, out, csv_path, gradescope, feedback, workers, scheduler, 
     Each record is journalled beside --out as it arrives: after Ctrl-C or a crash, --resume grades only the rest."""
     from rich.console import Console
 
-    from grader.batch import ClusterUnavailable, JournalMismatch, journal_path
-    from grader.sandbox import SandboxUnavailable
+    from llmstudy.grader.batch import ClusterUnavailable, JournalMismatch, journal_path
+    from llmstudy.grader.sandbox import SandboxUnavailable
     from llmstudy.models import ModelNotAvailable
 
     if scheduler is not None and workers is not None:
@@ -328,7 +328,7 @@ def grade(submissions, out, csv_path, gradescope, feedback, workers, scheduler, 
         elif submissions is None:
             raise UserError("give the SUBMISSIONS folder (SUBMISSIONS/<student>/<exercise file>)")
         else:
-            from grader.batch import grade_class
+            from llmstudy.grader.batch import grade_class
             results = grade_class(Path(submissions), **options)
     except (SandboxUnavailable, ModelNotAvailable, FileNotFoundError, ClusterUnavailable, JournalMismatch) as exc:
         raise UserError(str(exc)) from None
@@ -337,7 +337,7 @@ def grade(submissions, out, csv_path, gradescope, feedback, workers, scheduler, 
 
 def _write_grading_outputs(results, out, csv_path, gradescope, feedback, console) -> None:
     """Write results.json and the optional reports, print the summary; exit 2 if our side failed somewhere."""
-    from grader import report
+    from llmstudy.grader import report
 
     report.write_json(results, out)
     written = [out]
@@ -374,8 +374,8 @@ def nbgrader():
 @click.option("--force", is_flag=True, help="Rebuild the source notebooks if they already exist.")
 def nbgrader_init(course, assignment, course_id, exercise_ids, force):
     """Create an nbgrader course in COURSE: source notebooks with solution and grade cells from exercises/."""
-    from grader import nbgrader as nbg
-    from llmstudy.exercises import EXERCISES, by_id
+    from llmstudy.grader import nbgrader as nbg
+    from llmstudy.catalog import EXERCISES, by_id
 
     try:
         chosen = tuple(by_id(i) for i in exercise_ids) or EXERCISES
@@ -393,7 +393,7 @@ def nbgrader_init(course, assignment, course_id, exercise_ids, force):
 
 def _grade_nbgrader_course(course, assignment, submissions, options, console) -> dict:
     """`llmstudy grade --nbgrader COURSE --assignment NAME`: sandboxed grading, then the scores into the gradebook."""
-    from grader import nbgrader as nbg
+    from llmstudy.grader import nbgrader as nbg
 
     if submissions is not None:
         raise UserError("give either SUBMISSIONS or --nbgrader COURSE, not both")

@@ -27,10 +27,10 @@ def main() -> int:
         print("no GPU visible to torch; run this on a machine with one")
         return 2
 
-    from grader.runner import grade
-    from grader.submission import InProcessSubmission
+    from llmstudy.grader.runner import grade
+    from llmstudy.grader.submission import InProcessSubmission
     from llmstudy import models
-    from llmstudy.exercises import EXERCISES
+    from llmstudy.catalog import EXERCISES
     import importlib
 
     figures: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version()}
@@ -48,7 +48,7 @@ def main() -> int:
         devices = {p.device.type for p in model.parameters()}
         check(f"load {name} on cuda", devices == {"cuda"} and not model.training, f"{seconds:.1f} s, params on {devices}")
 
-    from solutions.generation import generate
+    from llmstudy.solutions.generation import generate
     gpu_model, tok = models.load("smollm2", "cuda")
     cpu_model, _ = models.load("smollm2", "cpu")
     ids = tok("The three primary colours are", return_tensors="pt").input_ids
@@ -60,7 +60,7 @@ def main() -> int:
     check("greedy on cuda == greedy on cpu", torch.equal(ours, on_cpu))
 
     for ex in EXERCISES:
-        namespace = vars(importlib.import_module(f"solutions.{ex.id}"))
+        namespace = vars(importlib.import_module(f"llmstudy.solutions.{ex.id}"))
         start = time.perf_counter()
         result = grade(ex.id, InProcessSubmission(namespace, ex.id, device="cuda"))
         failed = [f"{t.name}: {t.message}" for t in result.tests if not t.passed]

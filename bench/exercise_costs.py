@@ -29,11 +29,11 @@ sys.path.insert(0, str(HERE.parent))
 def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
     import torch
     torch.set_num_threads(1)
-    from grader import runner
-    from grader.extract import extract
-    from grader.model_server import ModelServer
-    from grader.sandbox import Limits, SandboxWorker
-    from llmstudy.exercises import EXERCISES
+    from llmstudy.grader import runner
+    from llmstudy.grader.extract import extract
+    from llmstudy.grader.model_server import ModelServer
+    from llmstudy.grader.sandbox import Limits, SandboxWorker
+    from llmstudy.catalog import EXERCISES
 
     start = time.perf_counter()
     worker = SandboxWorker(sandboxed=sandboxed, limits=Limits(call_timeout=60, budget=600))
@@ -84,7 +84,7 @@ def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
 
 def _replay(requests: list) -> float:
     """The model alone: the same requests on a fresh server (past handles mapped to the replay's), timed."""
-    from grader.model_server import ModelServer
+    from llmstudy.grader.model_server import ModelServer
     best = float("inf")
     for _ in range(3):                                    # best of three: the limit is what the model can do
         server, handles = ModelServer("cpu"), {}

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import nbformat
 
-from grader.nbgrader import solved_notebook
-from llmstudy.exercises import for_file
+from llmstudy.grader.nbgrader import solved_notebook
+from llmstudy.catalog import for_file
 
 VARIANTS = (("correct", 0.5), ("buggy", 0.3), ("stub", 0.2))
 _SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult,

@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from generate_class import generate_class  # noqa: E402
 
-from grader import nbgrader as nbg  # noqa: E402
-from llmstudy.exercises import EXERCISES  # noqa: E402
+from llmstudy.grader import nbgrader as nbg  # noqa: E402
+from llmstudy.catalog import EXERCISES  # noqa: E402
 
 ASSIGNMENT = "week1"
 

@@ -19,7 +19,7 @@ One YAML file per course section, named `NN_<section>.yaml` so that file order i
         stage: adapt-and-align            # optional: the lifecycle stage, shown in the card's context cue
         deeper: 2                         # optional: the week where the course goes deeper
         figure: top-k-top-p               # optional, a name in cards/figures.py
-        exercise: sampling                # optional, an id in llmstudy/exercises.py
+        exercise: sampling                # optional, an id in llmstudy/catalog.py
 
 Every mistake in a data file is a CardDataError whose message names the file and the concept.
 This module imports only the standard library and PyYAML, so `llmstudy review` and `llmstudy cards` start fast.
@@ -29,11 +29,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
-CONCEPTS_DIR = Path(__file__).resolve().parent / "concepts"
+CONCEPTS_DIR = Path(resources.files("llmstudy.cards") / "concepts")       # package data, in a checkout or a wheel
 TAG_ROOT = "llm::week1"
 
 REQUIRED = ("id", "term_ja", "term_en", "explanation_ja", "explanation_en")
@@ -67,7 +68,7 @@ class Concept:
     stage: str | None = None        # a key of STAGES
     deeper: int | None = None       # the week where the course goes deeper, from COURSE_WEEKS
     figure: str | None = None       # figure name rendered by cards/figures.py
-    exercise: str | None = None     # exercise id from llmstudy/exercises.py that practises it
+    exercise: str | None = None     # exercise id from llmstudy/catalog.py that practises it
     section_title_en: str = ""      # the subdeck's display name, e.g. "Generation settings"
     section_title_ja: str = ""
     source: str = ""                # the data file it came from, for error messages
@@ -88,8 +89,8 @@ def load_concepts(directory: Path | None = None) -> list[Concept]:
     if not files:
         raise CardDataError(f"{directory}: no concept files (*.yaml) found")
 
-    from llmstudy.exercises import EXERCISES
-    from cards.figures import FIGURES      # names only; matplotlib is imported when a figure is drawn
+    from llmstudy.catalog import EXERCISES
+    from llmstudy.cards.figures import FIGURES      # names only; matplotlib is imported when a figure is drawn
     exercise_ids = {e.id for e in EXERCISES}
 
     concepts: list[Concept] = []

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from cards.data import CardDataError, Concept, cue, deeper_note
-from cards.figures import media_name
+from llmstudy.cards.data import CardDataError, Concept, cue, deeper_note
+from llmstudy.cards.figures import media_name
 
 NAMESPACE = "llmstudy/week1"
 REVISIONS = "revisions.json"     # lives beside the concept files it stamps: cards/concepts/revisions.json
@@ -194,7 +194,7 @@ def exercise_label(exercise_id: str | None, lang: str = "en") -> str:
     Cards name the exercise, never a path in the repository."""
     if exercise_id is None:
         return ""
-    from llmstudy.exercises import EXERCISES
+    from llmstudy.catalog import EXERCISES
     number, ex = next((i, e) for i, e in enumerate(EXERCISES, 1) if e.id == exercise_id)
     title = html.escape(ex.title)
     return f"演習 {number}：{title}" if lang == "ja" else f"Exercise {number}: {title}"
@@ -294,7 +294,7 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
     progress: called with each figure's name once it is drawn.
     """
     import genanki
-    from cards import figures
+    from llmstudy.cards import figures
 
     if lang not in LANGS:
         raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")

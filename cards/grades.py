@@ -21,7 +21,7 @@ class GradesError(ValueError):
 def marked_concepts(tests_dir: Path | None = None) -> dict[tuple[str, str], tuple[str, ...]]:
     """(exercise id, test function name) -> concept ids, from the @pytest.mark.concepts decorators in
     grader/tests/test_<exercise>.py."""
-    from llmstudy.exercises import EXERCISES, GRADER_TESTS_DIR
+    from llmstudy.catalog import EXERCISES, GRADER_TESTS_DIR
     directory = Path(tests_dir) if tests_dir is not None else GRADER_TESTS_DIR
     out = {}
     for ex in EXERCISES:

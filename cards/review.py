@@ -33,8 +33,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cards.data import Concept
-from cards.store import Store, StoredCard
+from llmstudy.cards.data import Concept
+from llmstudy.cards.store import Store, StoredCard
 
 LEARN_AHEAD = timedelta(minutes=20)   # Anki's default "learn ahead limit"
 DAY_STARTS_AT = 4                      # local hour; Anki's default "next day starts at"
@@ -316,7 +316,7 @@ def _langs(lang: str) -> tuple[str, ...]:
 def question(concept: Concept, lang: str, reverse: bool = False) -> Text:
     """The front: the context cue, then the cloze sentence with its blanks where the concept has one (else the term),
     or the definition of a reverse card. In "both", Japanese only: the English comes with the answer."""
-    from cards.data import cue
+    from llmstudy.cards.data import cue
     code = "ja" if lang == "both" else lang
     parts = [Text(cue(concept, code), style="dim")]
     sentence = getattr(concept, f"cloze_{code}")
@@ -331,8 +331,8 @@ def question(concept: Concept, lang: str, reverse: bool = False) -> Text:
 
 def answer(concept: Concept, lang: str, reverse: bool = False) -> Text:
     """The back; in "both", the Japanese answer first, then the English one dimmed."""
-    from cards.data import deeper_note
-    from cards.deck import exercise_label
+    from llmstudy.cards.data import deeper_note
+    from llmstudy.cards.deck import exercise_label
     parts = []
     for code in _langs(lang):
         block = html_to_text(f"<b>{getattr(concept, f'term_{code}')}</b>")

@@ -21,9 +21,9 @@ import os
 import threading
 from pathlib import Path
 
-from grader.cluster import ALLOWED_FAILURES, ClusterUnavailable, Settings, Task
-from grader.results import ClassResult, ExerciseResult, StudentResult
-from llmstudy.exercises import EXERCISES, by_id
+from llmstudy.grader.cluster import ALLOWED_FAILURES, ClusterUnavailable, Settings, Task
+from llmstudy.grader.results import ClassResult, ExerciseResult, StudentResult
+from llmstudy.catalog import EXERCISES, by_id
 
 MAX_FILE_BYTES = 20 << 20     # a notebook with outputs is rarely over a few MB
 Entry = tuple  # (student, exercise id, submitted file or None)
@@ -56,7 +56,7 @@ def graded_exercises():
 
 def read_submission(path: Path) -> bytes:
     """A submitted file's bytes, or SubmissionError with a message for the learner (checked before any task)."""
-    from grader.extract import SubmissionError
+    from llmstudy.grader.extract import SubmissionError
     if path.is_symlink() or path.parent.is_symlink():
         raise SubmissionError(f"{path.name} is a symbolic link (or in a linked folder); submit the file itself")
     size = path.stat().st_size
@@ -101,14 +101,14 @@ def exercise_max_score(exercise_id: str) -> float:
 def sandbox_mode(allow_unsandboxed: bool, warn=print) -> bool:
     """True if learner code will be isolated on this machine; SandboxUnavailable if it can't be and that wasn't
     allowed."""
-    from grader.sandbox import SandboxUnavailable, isolation_problem
+    from llmstudy.grader.sandbox import SandboxUnavailable, isolation_problem
     problem = isolation_problem()
     if problem is None:
         return True
     if not allow_unsandboxed:
         raise SandboxUnavailable(f"can't isolate learner code: {problem}. Grade as root on Linux, or pass "
                                  "--allow-unsandboxed to run it with only separate processes and rlimits")
-    from grader.sandbox import python_readable_by_others
+    from llmstudy.grader.sandbox import python_readable_by_others
     as_root = os.geteuid() == 0 and not python_readable_by_others() if hasattr(os, "geteuid") else False
     warn(f"warning: grading WITHOUT isolation ({problem}); learner code can read files and use the network"
          + ("; it also runs as root, because other users can't read this Python installation" if as_root else ""))
@@ -197,7 +197,7 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
         sandboxed = sandbox_mode(allow_unsandboxed, warn)     # refuse here, in one line, before starting anything
         device = resolve_device(device)
     else:
-        from grader.cluster import check_address
+        from llmstudy.grader.cluster import check_address
         check_address(scheduler)
         sandboxed = True                                       # each remote worker checks for itself
     hidden = set(hide) | {str(Path(f).resolve().parent) for _, _, f in entries if f is not None}
@@ -243,7 +243,7 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
 
 def _read_entry(student, ex_id, path, max_score, setup) -> tuple[ExerciseResult | None, Task | None, str]:
     """(the record, if no worker is needed; else the task; and the file's sha256)."""
-    from grader.extract import SubmissionError
+    from llmstudy.grader.extract import SubmissionError
     if path is None:
         ex = by_id(ex_id)
         return ExerciseResult(ex_id, "", "missing", 0.0, max_score,
@@ -266,7 +266,7 @@ class _Starting:
         self._thread.start()
 
     def _start(self, workers: int) -> None:
-        from grader.cluster import GradingSetup, connect
+        from llmstudy.grader.cluster import GradingSetup, connect
         try:
             self._client, self._cluster = connect(self.scheduler, workers)
             self._client.register_plugin(GradingSetup(self.settings))
@@ -297,7 +297,7 @@ def _run(client, tasks: dict[int, tuple[Task, str]]):
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    from grader.cluster import grade_task
+    from llmstudy.grader.cluster import grade_task
     futures = {client.submit(grade_task, task, pure=False,
                              key=f"llmstudy-grade-{task.exercise}-{i}-{os.urandom(4).hex()}"): i
                for i, (task, _) in tasks.items()}

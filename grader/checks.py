@@ -5,8 +5,8 @@ Graders call them as `submission.harness(name, ...)`.
 """
 from __future__ import annotations
 
-from grader.codec import Linear, ModelRef, TokenizerRef
-from grader.submission import Raised
+from llmstudy.grader.codec import Linear, ModelRef, TokenizerRef
+from llmstudy.grader.submission import Raised
 
 
 def exception_raised(sub, fn: str, *args, **kwargs) -> list[str] | None:

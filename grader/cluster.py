@@ -27,7 +27,7 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from grader.results import ExerciseResult
+from llmstudy.grader.results import ExerciseResult
 
 ALLOWED_FAILURES = 2         # retries after a worker died mid-task; the third death is the submission's `error`
 CONNECT_TIMEOUT = "10s"
@@ -116,10 +116,10 @@ class GradingSetup(WorkerPlugin):
         torch.set_num_threads(1)         # one worker per core; the graders' bit-exact comparisons want one thread
         import transformers  # noqa: F401
 
-        from grader import runner  # noqa: F401
-        from grader.batch import graded_exercises
+        from llmstudy.grader import runner  # noqa: F401
+        from llmstudy.grader.batch import graded_exercises
         for ex in graded_exercises():
-            importlib.import_module(f"solutions.{ex.id}")
+            importlib.import_module(f"llmstudy.solutions.{ex.id}")
 
     def sandbox(self, restart: bool = False):
         """This worker's SandboxWorker, once set-up has finished; a fresh one if asked or if it died."""
@@ -147,7 +147,7 @@ class SandboxStarter:
     forks a probe, and a fork while another thread holds a lock (tempfile's, say) can hang the probe."""
 
     def __init__(self, settings: Settings):
-        from grader.sandbox import Limits, SandboxWorker, isolation_problem
+        from llmstudy.grader.sandbox import Limits, SandboxWorker, isolation_problem
         from llmstudy.models import resolve_device
 
         s = settings
@@ -163,7 +163,7 @@ class SandboxStarter:
             self.options["preload"] = s.preload
 
     def start(self, wait: bool = False):
-        from grader.sandbox import SandboxWorker
+        from llmstudy.grader.sandbox import SandboxWorker
         return SandboxWorker(**self.options, wait=wait)
 
 
@@ -182,8 +182,8 @@ def _result(task: Task, status: str, message: str) -> ExerciseResult:
 
 
 def _grade(task: Task, setup: GradingSetup) -> ExerciseResult:
-    from grader.extract import SubmissionError, extract
-    from grader.sandbox import SandboxBroken
+    from llmstudy.grader.extract import SubmissionError, extract
+    from llmstudy.grader.sandbox import SandboxBroken
 
     setup.sandbox()                      # set-up first: nothing else of ours runs while it forks its probe
     with tempfile.TemporaryDirectory(prefix="llmstudy-") as tmp:   # extract() reads a file: a private copy
@@ -208,9 +208,9 @@ def _grade(task: Task, setup: GradingSetup) -> ExerciseResult:
 def _grade_source(task: Task, source: str, worker) -> ExerciseResult:
     import torch
 
-    from grader import runner
-    from grader.sandbox import SandboxBroken
-    from grader.submission import LearnerError, SubmissionTimeout
+    from llmstudy.grader import runner
+    from llmstudy.grader.sandbox import SandboxBroken
+    from llmstudy.grader.submission import LearnerError, SubmissionTimeout
 
     torch.set_num_threads(1)
     try:

@@ -128,7 +128,7 @@ class InProcessTransport:
         self._server = server
 
     def forward(self, name: str, input_ids, past):
-        from grader.model_server import ModelRequestError
+        from llmstudy.grader.model_server import ModelRequestError
         try:
             return self._server.forward(name, input_ids.detach().clone() if isinstance(input_ids, torch.Tensor)
                                         else input_ids, past)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import nbformat
 
-from llmstudy.exercises import EXERCISES, Exercise, by_id, for_file
+from llmstudy.catalog import EXERCISES, Exercise, by_id, for_file
 
 SCHEMA_VERSION = 3
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -90,7 +90,7 @@ def _meta(kind: str, cell_id: str, points: float | None = None) -> dict:
 
 def max_points(exercise: Exercise) -> float:
     """Points the hidden tests of `exercise` are worth, counted as official grading counts them."""
-    from grader.batch import exercise_max_score
+    from llmstudy.grader.batch import exercise_max_score
 
     if not exercise.grader_path.exists():
         raise CourseError(f"no graders for '{exercise.id}' ({exercise.grader_path} is missing)")
@@ -199,7 +199,7 @@ def _grade_cell_source(exercise: Exercise, points: float, self_check: str | None
             f"{BEGIN_HIDDEN}\n"
             f"# Plain `nbgrader autograde` runs the hidden tests here, in the notebook's kernel (not sandboxed);\n"
             f"# `llmstudy grade --nbgrader` writes its sandboxed score here instead, as nbgrader partial credit.\n"
-            f"from grader.nbgrader import autograde_score\n"
+            f"from llmstudy.grader.nbgrader import autograde_score\n"
             f"autograde_score({exercise.id!r}, globals(), points={points!r})\n"
             f"{END_HIDDEN}")
 
@@ -301,8 +301,8 @@ def autograde_score(exercise_id: str, namespace: dict, points: float) -> float:
     Prints one line per test; returns the points earned, rescaled to the grade cell's `points`, which nbgrader reads
     as the cell's partial credit (nbgrader rejects partial credit above the cell's points).
     Anything on stderr would make nbgrader give 0 points, so warnings and library logging are silenced here."""
-    from grader.runner import grade
-    from grader.submission import InProcessSubmission
+    from llmstudy.grader.runner import grade
+    from llmstudy.grader.submission import InProcessSubmission
 
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -465,7 +465,7 @@ def write_gradebook(course: str | Path, assignment: str, results: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         results_file = Path(tmp) / "results.json"
         results_file.write_text(json.dumps(by_student), encoding="utf-8")
-        preprocessors = ["grader.nbgrader.InjectScores", "nbgrader.preprocessors.LimitOutput",
+        preprocessors = ["llmstudy.grader.nbgrader.InjectScores", "nbgrader.preprocessors.LimitOutput",
                          "nbgrader.preprocessors.SaveAutoGrades", "nbgrader.preprocessors.AssignLatePenalties",
                          "nbgrader.preprocessors.CheckCellMetadata"]
         proc = run_nbgrader(course, "autograde", assignment, "--force",
@@ -500,7 +500,7 @@ def grade_course(course: str | Path, assignment: str, **grade_options) -> tuple[
 
     grade_options go to grader.batch.grade_entries (workers, device, progress, allow_unsandboxed). Returns the
     grader.results.ClassResult and what write_gradebook returned."""
-    from grader.batch import grade_entries
+    from llmstudy.grader.batch import grade_entries
 
     course = Path(course)
     check_course(course, assignment)

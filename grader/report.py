@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from grader.results import STATUSES, ClassResult, StudentResult
+from llmstudy.grader.results import STATUSES, ClassResult, StudentResult
 
 
 def safe_name(student: str) -> str:
@@ -92,7 +92,7 @@ def write_gradescope(results: ClassResult, folder: Path) -> list[Path]:
 
 def _template():
     from jinja2 import Environment, PackageLoader, StrictUndefined
-    env = Environment(loader=PackageLoader("grader", "templates"), autoescape=True, undefined=StrictUndefined,
+    env = Environment(loader=PackageLoader("llmstudy.grader", "templates"), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["points"] = _points
     return env.get_template("feedback.html")

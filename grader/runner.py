@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from grader.results import ExerciseResult, TestResult
-from grader.submission import LearnerError, Submission
-from llmstudy.exercises import by_id
+from llmstudy.grader.results import ExerciseResult, TestResult
+from llmstudy.grader.submission import LearnerError, Submission
+from llmstudy.catalog import by_id
 
 
 def _message(excinfo) -> str:

@@ -16,8 +16,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from grader import codec
-from grader.codec import Linear, ModelRef, TokenizerRef  # noqa: F401  (re-exported for graders)
+from llmstudy.grader import codec
+from llmstudy.grader.codec import Linear, ModelRef, TokenizerRef  # noqa: F401  (re-exported for graders)
 
 
 class LearnerError(Exception):
@@ -74,7 +74,7 @@ class Submission:
         return changed, (Returned(value) if kind == "value" else value)
 
     def harness(self, name: str, *args, **kwargs) -> Any:
-        from grader import checks
+        from llmstudy.grader import checks
         return getattr(checks, name)(self, *args, **kwargs)
 
     def __getattr__(self, fn: str):
@@ -92,8 +92,8 @@ class InProcessSubmission(Submission):
     are the same proxies as in grading, so a self-check behaves exactly like official grading."""
 
     def __init__(self, namespace: Mapping[str, Any], exercise: str, device: str = "cpu"):
-        from grader.model_proxy import InProcessTransport
-        from grader.model_server import ModelServer
+        from llmstudy.grader.model_proxy import InProcessTransport
+        from llmstudy.grader.model_server import ModelServer
         self.namespace, self.exercise, self.device = namespace, exercise, device
         self.server = ModelServer(device)
         self._transport = InProcessTransport(self.server)
@@ -101,7 +101,7 @@ class InProcessSubmission(Submission):
     def _invoke(self, fn: str, args: tuple, kwargs: dict, watch: bool) -> tuple[str, Any, list[str]]:
         import torch
 
-        from grader.model_proxy import ModelProxy
+        from llmstudy.grader.model_proxy import ModelProxy
         from llmstudy import models
         target = self.namespace.get(fn)
         if not callable(target):

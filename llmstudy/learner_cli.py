@@ -30,7 +30,7 @@ def main():
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
 def check(file, show_code, device):
     """Run the public tests of one exercise notebook (or .py) on your machine; exit 1 if any fails."""
-    from grader.extract import SubmissionError, extract
+    from llmstudy.grader.extract import SubmissionError, extract
 
     try:
         if show_code:
@@ -41,7 +41,7 @@ def check(file, show_code, device):
     except (KeyError, SubmissionError) as exc:
         raise UserError(exc.args[0]) from None
     except Exception as exc:  # noqa: BLE001 - the learner's own code failed at import
-        from grader.submission import describe_exception
+        from llmstudy.grader.submission import describe_exception
         raise UserError(describe_exception("your code at import", exc)) from None
     for test in result.tests:
         mark = click.style("PASS", fg="green") if test.passed else click.style("FAIL", fg="red")
@@ -59,7 +59,7 @@ def check(file, show_code, device):
 @click.option("--no-browser", is_flag=True, help="Start the server without opening a browser tab.")
 def lab(folder, no_browser):
     """Open JupyterLab on the exercise notebooks (FOLDER, default: exercises/)."""
-    from llmstudy.exercises import EXERCISES_DIR
+    from llmstudy.catalog import EXERCISES_DIR
 
     folder = (folder or EXERCISES_DIR).resolve()
     if not folder.is_dir():

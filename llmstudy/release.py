@@ -23,13 +23,17 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmstudy.exercises import EXERCISES, ROOT, Exercise, for_file
+from llmstudy.catalog import EXERCISES, EXERCISES_DIR, Exercise, for_file
 
+# The checkout this builds from: it reads the repository's pyproject.toml and Makefile (the pins), so a release is
+# built from a clone, not from an installed wheel.
+ROOT = Path(__file__).resolve().parent.parent
 # Where the learner's side starts; everything they import (at any depth, also inside functions) is copied with them.
-ENTRY_POINTS = ("llmstudy.learner_cli", "llmstudy.selfcheck", "llmstudy.models", "llmstudy.exercises",
-                "grader.runner", "grader.submission", "grader.codec", "grader.extract")
-# Never in a release: the answers and the hidden graders.
-FORBIDDEN = ("solutions", "grader.tests")
+ENTRY_POINTS = ("llmstudy.learner_cli", "llmstudy.selfcheck", "llmstudy.models", "llmstudy.catalog",
+                "llmstudy.grader.runner", "llmstudy.grader.submission", "llmstudy.grader.codec",
+                "llmstudy.grader.extract")
+# Never in a release: the answers and the hidden graders (by the bare names too, as a checkout's folders).
+FORBIDDEN = ("llmstudy.solutions", "llmstudy.grader.tests", "solutions", "grader.tests")
 # Not imported by anything, but what a learner runs: the notebook server and its kernel.
 LEARNER_TOOLS = ("jupyterlab", "ipykernel")
 PUBLIC_TESTS = "llmstudy/public_tests"
@@ -200,15 +204,28 @@ def cut_public_tests(exercise: Exercise, grader_source: str) -> _Cut:
 
 # --- 2. the modules a learner's self-check imports ------------------------------------------------------------------
 def _module_file(name: str) -> Path | None:
-    base = ROOT.joinpath(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
-            return path
+    """The repository file of one of our modules (llmstudy.models -> llmstudy/models.py, llmstudy.grader.runner ->
+    grader/runner.py: llmstudy/__init__.py's layout); None for anything else."""
+    parts = name.split(".")
+    if parts[0] != "llmstudy":
+        return None
+    bases = [ROOT.joinpath(*parts)] + ([ROOT.joinpath(*parts[1:])] if len(parts) > 1 else [])
+    for base in bases:
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
     return None
 
 
+def _in_package(path: Path) -> Path:
+    """Where a repository file lives inside the llmstudy package, as the wheel and the learner's release lay it out:
+    grader/runner.py -> llmstudy/grader/runner.py, llmstudy/models.py -> itself."""
+    rel = path.relative_to(ROOT)
+    return rel if rel.parts[0] == "llmstudy" else Path("llmstudy", *rel.parts)
+
+
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = _in_package(path).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -575,7 +592,7 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ReleaseError(f"{out} already has files; give a new or empty folder")
-    source_dir = Path(notebooks) if notebooks is not None else ROOT / "exercises"
+    source_dir = Path(notebooks) if notebooks is not None else EXERCISES_DIR
     chosen = {}
     for ex in EXERCISES:
         path = source_dir / ex.notebook
@@ -603,15 +620,15 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         for path in modules:
-            target = stage / path.relative_to(ROOT)
+            target = stage / _in_package(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-            release.modules.append(str(path.relative_to(ROOT)))
+            release.modules.append(str(_in_package(path)))
         for path in data_files:
-            target = stage / path.relative_to(ROOT)
+            target = stage / _in_package(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-            release.data_files.append(str(path.relative_to(ROOT)))
+            release.data_files.append(str(_in_package(path)))
         tests_dir = stage / PUBLIC_TESTS
         tests_dir.mkdir(parents=True, exist_ok=True)
         (tests_dir / "__init__.py").write_text('"""The public tests: the self-check subset of the graders."""\n')
@@ -622,7 +639,7 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
         for ex, path in chosen.items():
             shutil.copyfile(path, stage / "exercises" / ex.notebook)
             release.notebooks.append(f"exercises/{ex.notebook}")
-        shutil.copytree(ROOT / "exercises" / "data", stage / "exercises" / "data")
+        shutil.copytree(EXERCISES_DIR / "data", stage / "exercises" / "data")
         (stage / ".gitignore").write_text(".venv/\n__pycache__/\n*.egg-info/\n", encoding="utf-8")
         (stage / "pyproject.toml").write_text(_pyproject(release.dependencies, release.modules), encoding="utf-8")
         (stage / "Makefile").write_text(LEARNER_MAKEFILE.format(torch=torch, wheels=" ".join(wheels)),
@@ -631,10 +648,10 @@ def build(out: str | Path, notebooks: str | Path | None = None) -> Release:
                                                              table=_exercise_table()), encoding="utf-8")
 
         shipped_modules = set(release.modules)
-        packages = {m.split(".")[0] for m in ENTRY_POINTS} | {p.split("/")[0] for p in release.modules}
-        release.left_out_modules = sorted(str(p.relative_to(ROOT)) for folder in sorted(packages)
+        folders = {p.relative_to(ROOT).parts[0] for p in modules}
+        release.left_out_modules = sorted(str(_in_package(p)) for folder in sorted(folders)
                                           for p in (ROOT / folder).rglob("*.py") if "tests" not in p.parts
-                                          and str(p.relative_to(ROOT)) not in shipped_modules)
+                                          and str(_in_package(p)) not in shipped_modules)
         hidden_names = {name for names in release.hidden_tests.values() for name in names}
         values = set().union(*(hidden_values(cut) for cut in cuts.values()))
         leaks = find_leaks(stage, hidden_names, values)

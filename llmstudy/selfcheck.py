@@ -13,8 +13,8 @@ def check(exercise_id: str, namespace: dict, public_only: bool = True) -> None:
     """Grade the functions in `namespace` (a notebook's globals()) with the public tests and print each result.
 
     Returns None, so that a notebook cell ending in check(...) shows only the printed lines."""
-    from grader.runner import grade
-    from grader.submission import InProcessSubmission
+    from llmstudy.grader.runner import grade
+    from llmstudy.grader.submission import InProcessSubmission
 
     result = grade(exercise_id, InProcessSubmission(namespace, exercise_id), public_only=public_only)
     for test in result.tests:
@@ -36,7 +36,7 @@ def failed_concepts(result) -> list[str]:
             continue
         concepts = getattr(test, "concepts", None)
         if concepts is None:        # a result from before tests carried their concepts: read the markers
-            from cards.grades import marked_concepts
+            from llmstudy.cards.grades import marked_concepts
             marked = marked if marked is not None else marked_concepts()
             concepts = marked.get((result.exercise, test.name.split("[")[0]), ())
         ids += [c for c in concepts if c not in ids]
@@ -49,7 +49,7 @@ def concept_lines(result) -> list[str]:
     ids = failed_concepts(result)
     if not ids:
         return []
-    from cards.data import load_concepts
+    from llmstudy.cards.data import load_concepts
     terms = {c.id: c.term_en for c in load_concepts()}
     named = ", ".join(f"{terms.get(i, i)} ({i})" for i in ids)
     search = " or ".join(f'"Id:{i}"' for i in ids)
@@ -64,10 +64,10 @@ def check_file(path, device: str = "cpu"):
     Returns grader.runner.ExerciseResult; raises KeyError for a file not named like an exercise and
     grader.extract.SubmissionError for one that can't be read. Exceptions from the learner's code at import
     propagate (the caller reports them)."""
-    from grader.extract import load_namespace
-    from grader.runner import grade
-    from grader.submission import InProcessSubmission
-    from llmstudy.exercises import for_file
+    from llmstudy.grader.extract import load_namespace
+    from llmstudy.grader.runner import grade
+    from llmstudy.grader.submission import InProcessSubmission
+    from llmstudy.catalog import for_file
 
     exercise = for_file(path)
     namespace = load_namespace(path)

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-from grader.runner import ExerciseResult, grade
-from grader.submission import InProcessSubmission
+from llmstudy.grader.runner import ExerciseResult, grade
+from llmstudy.grader.submission import InProcessSubmission
 
 
 def run(exercise: str, namespace: dict, public_only: bool = False) -> ExerciseResult:
@@ -18,7 +18,7 @@ def failures(result: ExerciseResult) -> str:
 
 
 def reference_namespace(exercise: str) -> dict:
-    module = importlib.import_module(f"solutions.{exercise}")
+    module = importlib.import_module(f"llmstudy.solutions.{exercise}")
     return {k: v for k, v in vars(module).items() if not k.startswith("__")}
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cards import figures
-from cards.data import CONCEPTS_DIR, CardDataError, load_concepts
-from cards.deck import ROOT_DECK, build_apkg, build_csv, stale_revisions
-from llmstudy.exercises import EXERCISES
+from llmstudy.cards import figures
+from llmstudy.cards.data import CONCEPTS_DIR, CardDataError, load_concepts
+from llmstudy.cards.deck import ROOT_DECK, build_apkg, build_csv, stale_revisions
+from llmstudy.catalog import EXERCISES
 
 T0 = 1_700_000_000.0       # a fixed past "now" for builds (before any learner edit), independent of the clock
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cli
-from cards.data import CONCEPTS_DIR, load_concepts
+from llmstudy import cli
+from llmstudy.cards.data import CONCEPTS_DIR, load_concepts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def test_help_and_list_import_nothing_heavy_and_export_never_imports_torch(conce
     code = f"""
 import sys
 from click.testing import CliRunner
-import cli
+from llmstudy import cli
 runner = CliRunner()
 help = runner.invoke(cli.main, ["cards", "export", "--help"])
 assert help.exit_code == 0, help.output
@@ -99,7 +99,7 @@ def test_list_shows_every_concept_in_order(concepts_copy):
 
 def test_missing_japanese_font_is_a_one_line_error(concepts_copy, tmp_path, monkeypatch):
     import importlib.util
-    from cards import figures
+    from llmstudy.cards import figures
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib_fontja" else
                         real(name, *a))

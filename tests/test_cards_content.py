@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from cards import figures
-from cards.data import STAGES, cue, load_concepts
-from cards.deck import CSS, build_csv, exercise_label, note_fields
+from llmstudy.cards import figures
+from llmstudy.cards.data import STAGES, cue, load_concepts
+from llmstudy.cards.deck import CSS, build_csv, exercise_label, note_fields
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_transformers_refuses_temperature_0_with_sampling_as_the_card_says(deck)
 
 def test_our_sample_next_token_treats_temperature_0_as_greedy_as_the_card_says(deck):
     import torch
-    from solutions.sampling import sample_next_token
+    from llmstudy.solutions.sampling import sample_next_token
     assert "sample_next_token" in deck["temperature-zero-in-this-kit"].explanation_en
     logits = torch.tensor([[0.1, 2.0, -1.0, 1.9]])
     for seed in range(5):
@@ -111,7 +111,7 @@ def test_embedding_dimension_is_the_base_model_and_written_as_jisuu(deck):
 
 def test_decoder_tokens_attend_to_themselves_as_the_causal_mask_does(deck):
     import torch
-    from solutions.attention import causal_mask
+    from llmstudy.solutions.attention import causal_mask
     mask = causal_mask(5)
     assert bool(torch.diagonal(mask).all())          # True = may attend: each position sees itself
     assert "itself" in deck["decoder"].explanation_en and "自分自身" in deck["decoder"].explanation_ja

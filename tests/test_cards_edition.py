@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cards.data import load_concepts
-from cards.deck import build_apkg
+from llmstudy.cards.data import load_concepts
+from llmstudy.cards.deck import build_apkg
 
 FIRST_EDITION = Path(__file__).parent / "cards_first_edition" / "llm-week1.apkg"
 T1 = 1_900_000_000.0        # after every first-edition stamp (the committed revisions file's times are earlier)
@@ -95,8 +95,8 @@ def test_reimport_over_the_first_edition_updates_notes_and_keeps_review_history(
 def test_the_review_history_of_kept_concepts_survives_in_llmstudy_review(tmp_path):
     """A learner's review database from the first edition, synced to the second: kept concepts keep their cards and
     their log, split-off parts arrive as new cards, reverse cards are cards of their own."""
-    from cards import review as rv
-    from cards.store import Store
+    from llmstudy.cards import review as rv
+    from llmstudy.cards.store import Store
     from fsrs import Rating
 
     old_ids = sorted(_first_edition_ids())

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from cards import figures
+from llmstudy.cards import figures
 
 FIRST_EDITION_DPI = 100
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")

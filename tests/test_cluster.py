@@ -21,7 +21,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from grader.sandbox import isolation_problem
+from llmstudy.grader.sandbox import isolation_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASS = ROOT / "examples" / "class"
@@ -35,7 +35,7 @@ sandboxed = pytest.mark.skipif(isolation_problem() is not None,
 
 
 def grade_command(out: Path, *extra: str, klass: Path = CLASS) -> list[str]:
-    return [sys.executable, "-m", "cli", "grade", str(klass), "--out", str(out / "results.json"),
+    return [sys.executable, "-m", "llmstudy.cli", "grade", str(klass), "--out", str(out / "results.json"),
             "--csv", str(out / "grades.csv"), "--gradescope", str(out / "gradescope"),
             "--feedback", str(out / "feedback"), "--device", "cpu", "--timeout", "8", *extra]
 
@@ -123,8 +123,8 @@ def remote(tmp_path_factory):
 DIRECT = """
 import json, sys
 from pathlib import Path
-from grader import cluster
-from grader.batch import exercise_max_score, find_submissions
+from llmstudy.grader import cluster
+from llmstudy.grader.batch import exercise_max_score, find_submissions
 settings = cluster.Settings(device="cpu", timeout=8.0, budget=80.0)
 setup = cluster.GradingSetup(settings)
 setup.setup(None)
@@ -144,7 +144,7 @@ def test_local_cluster_grades_like_the_sandbox_without_dask(local):
     """Dask only moves tasks: each of ben's files (the classic bugs: partial scores in every exercise), graded in a
     plain process through the same per-worker set-up without any Dask, gets exactly the record the LocalCluster
     run wrote. (A plain process, not this one: pytest's assertion rewriting here would change the messages.)"""
-    from grader.results import ClassResult, ExerciseResult
+    from llmstudy.grader.results import ClassResult, ExerciseResult
 
     results = ClassResult.from_dict(json.loads((local / "results.json").read_text()))
     ada = next(s for s in results.submissions if s.student == "ada")
@@ -243,7 +243,7 @@ def test_resume_after_a_killed_grader_grades_only_the_rest_and_writes_the_same_b
 
 
 def test_a_bad_scheduler_address_is_one_line_saying_what_to_fix(tmp_path):
-    from cli import main
+    from llmstudy.cli import main
     run = CliRunner().invoke(main, ["grade", str(CLASS), "--out", str(tmp_path / "r.json"),
                                     "--scheduler", "tcp://127.0.0.1"])
     assert run.exit_code == 1 and "give it as tcp://HOST:PORT" in run.output and "Traceback" not in run.output
@@ -254,7 +254,7 @@ def test_a_bad_scheduler_address_is_one_line_saying_what_to_fix(tmp_path):
 def test_an_unreachable_scheduler_is_one_line_saying_what_to_fix(tmp_path):
     import socket
 
-    from cli import main
+    from llmstudy.cli import main
     with socket.socket() as probe:                    # a port nobody listens on: bound, never listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from grader import codec
-from grader.codec import ModelRef
+from llmstudy.grader import codec
+from llmstudy.grader.codec import ModelRef
 
 
 def roundtrip(value, **kw):

@@ -1,4 +1,4 @@
-"""Every exercise in llmstudy/exercises.py: its reference scores full marks, its notebook's stubs score 0, the stubs
+"""Every exercise in llmstudy/catalog.py: its reference scores full marks, its notebook's stubs score 0, the stubs
 have the reference's signatures, grading runs nothing but definitions from the notebook, and every notebook cell
 runs with the reference in place of the stubs.
 
@@ -17,8 +17,8 @@ import pytest
 
 from exercise_helpers import failures, params, reference_namespace, run
 from mutants.trivial import TRIVIAL
-from grader.extract import extract, load_namespace
-from llmstudy.exercises import EXERCISES
+from llmstudy.grader.extract import extract, load_namespace
+from llmstudy.catalog import EXERCISES
 
 IDS = [ex.id for ex in EXERCISES]
 BY_ID = {ex.id: ex for ex in EXERCISES}
@@ -73,7 +73,7 @@ def test_code_that_computes_nothing_scores_zero(exercise, name, namespace):
 @pytest.mark.parametrize("exercise", IDS)
 def test_notebook_signatures_match_the_reference(exercise):
     namespace = load_namespace(BY_ID[exercise].notebook_path)
-    reference = importlib.import_module(f"solutions.{exercise}")
+    reference = importlib.import_module(f"llmstudy.solutions.{exercise}")
     for fn in BY_ID[exercise].functions:
         stub, ref = inspect.signature(namespace[fn]), inspect.signature(getattr(reference, fn))
         assert [(p.name, p.default) for p in stub.parameters.values()] == \
@@ -104,7 +104,7 @@ def test_notebook_runs_with_the_reference(exercise, smollm2, minilm):
     import matplotlib.pyplot as plt
 
     matplotlib.use("Agg")
-    reference = importlib.import_module(f"solutions.{exercise}")
+    reference = importlib.import_module(f"llmstudy.solutions.{exercise}")
     namespace: dict = {"__name__": "__main__"}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 
 from exercise_helpers import failures, params, reference_namespace, run, verdict
-from grader.extract import load_namespace
-from grader.submission import InProcessSubmission
-from llmstudy.exercises import by_id
+from llmstudy.grader.extract import load_namespace
+from llmstudy.grader.submission import InProcessSubmission
+from llmstudy.catalog import by_id
 from mutants.generation_prompting import ALTERNATIVES, MUTANTS, REFERENCES
 
 EXERCISES = ("generation", "prompting")
@@ -91,7 +91,7 @@ def test_the_reference_draws_differ_across_seeds(smollm2):
     reference's own draws differ in the call the grader makes."""
     import torch
 
-    from grader.codec import ModelRef
+    from llmstudy.grader.codec import ModelRef
 
     sub = InProcessSubmission(reference_namespace("generation"), "generation")
     ids = smollm2[1](list(grader_module("generation").SHORT), return_tensors="pt").input_ids

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from grader import batch, report
-from grader.results import ClassResult, ExerciseResult, StudentResult, TestResult
-from llmstudy.exercises import by_id
+from llmstudy.grader import batch, report
+from llmstudy.grader.results import ClassResult, ExerciseResult, StudentResult, TestResult
+from llmstudy.catalog import by_id
 
 ADVERSARIAL = Path(__file__).parent / "adversarial"
 
@@ -189,7 +189,7 @@ def test_summary_table_counts_statuses(results):
 
 
 def test_check_passes_a_correct_notebook_and_fails_a_stub(tmp_path):
-    from cli import main
+    from llmstudy.cli import main
     runner = CliRunner()
     good = runner.invoke(main, ["check", str(ADVERSARIAL / "correct" / "01_positional_encoding.ipynb")])
     assert good.exit_code == 0, good.output
@@ -199,7 +199,7 @@ def test_check_passes_a_correct_notebook_and_fails_a_stub(tmp_path):
 
 
 def test_check_show_code_prints_only_what_grading_runs():
-    from cli import main
+    from llmstudy.cli import main
     run = CliRunner().invoke(main, ["check", "--show-code", str(ADVERSARIAL / "shell_escape" /
                                                                  "01_positional_encoding.ipynb")])
     assert run.exit_code == 0
@@ -208,6 +208,6 @@ def test_check_show_code_prints_only_what_grading_runs():
 
 
 def test_check_reports_a_broken_file_in_one_line():
-    from cli import main
+    from llmstudy.cli import main
     run = CliRunner().invoke(main, ["check", str(ADVERSARIAL / "corrupt_notebook" / "01_positional_encoding.ipynb")])
     assert run.exit_code == 1 and "not a readable notebook" in run.output and "Traceback" not in run.output

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from grader.sandbox import UID_BASE, Limits, isolation_problem
+from llmstudy.grader.sandbox import UID_BASE, Limits, isolation_problem
 
 HERE = Path(__file__).parent / "adversarial"
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def graded(tmp_path_factory):
         ROOT / "solutions" / "positional_encoding.py")
     (submissions / "linked_folder").symlink_to(submissions / "correct", target_is_directory=True)
 
-    from cli import main
+    from llmstudy.cli import main
     os.environ[SECRET] = "the grader's environment must not reach learner code"
     try:
         run = CliRunner().invoke(main, ["grade", str(submissions), "--out", str(out / "results.json"),
@@ -289,10 +289,10 @@ def test_symbolic_links_are_refused(graded, case):
 def test_without_the_sandbox_the_same_attack_succeeds(tmp_path, monkeypatch):
     """A positive control for the suite: with isolation off (--allow-unsandboxed), read_solutions reaches the
     reference and scores full marks, so `score == zeros` above really depends on the sandbox."""
-    import grader.sandbox
-    from grader import batch
+    from llmstudy.grader import sandbox
+    from llmstudy.grader import batch
 
-    monkeypatch.setattr(grader.sandbox, "isolation_problem", lambda: "switched off by this test")
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "switched off by this test")
     entries = []
     for case in ("correct", "read_solutions"):
         src = next(submitted_files(HERE / case))

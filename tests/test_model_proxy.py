@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grader.model_proxy import InProcessTransport, ModelProxy
-from grader.model_server import ModelRequestError, ModelServer
+from llmstudy.grader.model_proxy import InProcessTransport, ModelProxy
+from llmstudy.grader.model_server import ModelRequestError, ModelServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -96,7 +96,7 @@ def test_cuda_without_gpu_is_a_user_error():
 
 def test_llmstudy_models_tells_the_truth(tmp_path):
     env = dict(os.environ, LLMSTUDY_CACHE=str(tmp_path))
-    out = subprocess.run([sys.executable, "-m", "cli", "models"], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-m", "llmstudy.cli", "models"], capture_output=True, text=True, env=env,
                          check=True).stdout
     for info in models.available():
         assert str(info.files) in out

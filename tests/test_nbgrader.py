@@ -20,13 +20,13 @@ import nbformat
 import pytest
 from click.testing import CliRunner
 
-import cli
-from grader import nbgrader as nbg
-from grader.extract import extract, load_namespace
-from grader.runner import grade
-from grader.submission import InProcessSubmission
-from grader.sandbox import isolation_problem
-from llmstudy.exercises import EXERCISES, by_id
+from llmstudy import cli
+from llmstudy.grader import nbgrader as nbg
+from llmstudy.grader.extract import extract, load_namespace
+from llmstudy.grader.runner import grade
+from llmstudy.grader.submission import InProcessSubmission
+from llmstudy.grader.sandbox import isolation_problem
+from llmstudy.catalog import EXERCISES, by_id
 
 EXERCISE = by_id("positional_encoding")
 ASSIGNMENT = "week1"
@@ -191,8 +191,8 @@ def test_plain_nbgrader_autograde_runs_the_same_tests(course, sandboxed):
 def test_locked_grade_cells_are_not_learner_code(course):
     source = course / "source" / ASSIGNMENT / EXERCISE.notebook
     [graded] = cells(read(source), "grade")
-    assert "from grader.nbgrader import autograde_score" in graded.source
-    assert "grader.nbgrader" not in extract(source) and "positional_encoding" in extract(source)
+    assert "from llmstudy.grader.nbgrader import autograde_score" in graded.source
+    assert "llmstudy.grader.nbgrader" not in extract(source) and "positional_encoding" in extract(source)
     result = grade(EXERCISE.id, InProcessSubmission(load_namespace(source), EXERCISE.id))
     assert result.score == result.max_score > 0, [t.message for t in result.tests if not t.passed]
 

@@ -30,14 +30,14 @@ import nbformat
 import pytest
 from click.testing import CliRunner
 
-import cli
-from grader import nbgrader as nbg
-from grader.extract import load_namespace
-from grader.runner import grade
-from grader.submission import InProcessSubmission
+from llmstudy import cli
+from llmstudy.grader import nbgrader as nbg
+from llmstudy.grader.extract import load_namespace
+from llmstudy.grader.runner import grade
+from llmstudy.grader.submission import InProcessSubmission
 from llmstudy import models
 from llmstudy import release as rel
-from llmstudy.exercises import EXERCISES, ROOT, by_id
+from llmstudy.catalog import EXERCISES, ROOT, by_id
 
 IDS = [ex.id for ex in EXERCISES]
 
@@ -90,7 +90,8 @@ def test_release_has_the_notebooks_data_and_the_learner_files(built):
     assert (out / "exercises" / "data" / "dialogues.json").is_file()
     readme = (out / "README.md").read_text()
     assert readme.index("make setup") < readme.index("make lab") < readme.index("pip install")
-    assert not (out / "solutions").exists() and not (out / "grader" / "tests").exists()
+    assert not (out / "solutions").exists() and not (out / "llmstudy" / "solutions").exists()
+    assert not (out / "grader").exists() and not (out / "llmstudy" / "grader" / "tests").exists()
     for words in ("wrote", "left out", "solutions/", "hidden tests", "zip", "git", "LMS", "--notebooks"):
         assert words in summary
 
@@ -104,7 +105,7 @@ def test_release_ships_exactly_the_public_tests(built):
         assert names == want, ex.id
         imported = {a.name for n in ast.walk(shipped) if isinstance(n, ast.Import) for a in n.names} | \
                    {n.module for n in ast.walk(shipped) if isinstance(n, ast.ImportFrom)}
-        assert not any(m.startswith(("solutions", "grader.tests")) for m in imported), (ex.id, imported)
+        assert not any(m.startswith(rel.FORBIDDEN) for m in imported), (ex.id, imported)
 
 
 def test_release_has_no_leaks(built):
@@ -147,7 +148,7 @@ import math
 
 import pytest
 
-import solutions.x as ref
+import llmstudy.solutions.x as ref
 
 TOL = 1e-5
 SECRET = "only the hidden test compares with this"
@@ -189,7 +190,7 @@ def test_hidden_one():
 
 def test_public_prompt_oracle_agrees_with_the_reference():
     """The public tests of exercise 05 compare against the notebook's template written out in the grader file."""
-    import solutions.prompting as ref
+    import llmstudy.solutions.prompting as ref
 
     spec = importlib.util.spec_from_file_location("grader_prompting", by_id("prompting").grader_path)
     grader = importlib.util.module_from_spec(spec)
@@ -265,23 +266,26 @@ def test_check_on_the_reference_gives_full_public_marks(venv, exercise, tmp_path
 
 def test_release_venv_imports_every_shipped_module_from_any_folder(venv, tmp_path):
     shipped = sorted(".".join(p.relative_to(venv).with_suffix("").parts).removesuffix(".__init__")
-                     for top in ("llmstudy", "grader", "cards") for p in (venv / top).rglob("*.py"))
-    assert "llmstudy.selfcheck" in shipped and "grader.runner" in shipped
+                     for p in (venv / "llmstudy").rglob("*.py"))
+    assert "llmstudy.selfcheck" in shipped and "llmstudy.grader.runner" in shipped
+    assert not [p.name for p in venv.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()
+                and p.name != "llmstudy"], "the learner package claims a name besides llmstudy"
     probe = f"import importlib\nfor m in {shipped!r}:\n    importlib.import_module(m)\nprint('ok')"
     proc = learner(venv, "python", "-c", probe, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_release_venv_cannot_import_the_answers_or_the_hidden_graders(venv, tmp_path):
-    probe = ("import importlib, llmstudy.exercises as e\n"
-             "for m in ('solutions', 'solutions.attention', 'grader.tests', 'grader.tests.test_attention'):\n"
+    probe = ("import importlib, llmstudy.catalog as e\n"
+             "for m in ('llmstudy.solutions', 'llmstudy.solutions.attention', 'llmstudy.grader.tests',\n"
+             "          'llmstudy.grader.tests.test_attention', 'solutions', 'grader.tests'):\n"
              "    try:\n        importlib.import_module(m); print('IMPORTED', m)\n"
              "    except ModuleNotFoundError:\n        print('missing', m)\n"
              "print(e.by_id('attention').grader_path)\n")
     for cwd in (venv, tmp_path):
         proc = learner(venv, "python", "-c", probe, cwd=cwd)
         assert proc.returncode == 0 and "IMPORTED" not in proc.stdout, proc.stdout + proc.stderr
-        assert proc.stdout.count("missing") == 4
+        assert proc.stdout.count("missing") == 6
         assert proc.stdout.strip().endswith("llmstudy/public_tests/test_attention.py")
 
 

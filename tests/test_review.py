@@ -24,10 +24,10 @@ from click.testing import CliRunner
 from fsrs import Card, Rating, ReviewLog, Scheduler, State
 from rich.console import Console
 
-import cli
-from cards import review as rv
-from cards.data import Concept
-from cards.store import NEW, Store
+from llmstudy import cli
+from llmstudy.cards import review as rv
+from llmstudy.cards.data import Concept
+from llmstudy.cards.store import NEW, Store
 
 JST = timezone(timedelta(hours=9))
 MONDAY_9AM = datetime(2026, 1, 5, 9, 0, tzinfo=JST)
@@ -44,7 +44,7 @@ def concept(n: int, **extra) -> Concept:
 def deck(monkeypatch):
     """Call deck(concepts) to make `llmstudy review` see exactly those concepts."""
     def use(concepts: list[Concept]) -> None:
-        monkeypatch.setattr("cards.data.load_concepts", lambda directory=None: list(concepts))
+        monkeypatch.setattr("llmstudy.cards.data.load_concepts", lambda directory=None: list(concepts))
     return use
 
 
@@ -238,12 +238,12 @@ def _wait_or_kill(pid: int, timeout: float) -> int:
 def test_real_ctrl_c_in_a_terminal_then_restart_with_the_real_deck(tmp_path):
     """The installed command on the real deck, in a pseudo-terminal: rate two cards, press Ctrl-C at the third;
     a new process then finds both ratings and goes on with the third concept in lecture order."""
-    from cards.data import load_concepts
+    from llmstudy.cards.data import load_concepts
     real = [item.concept for item, _ in rv.items(load_concepts())]     # review cards in queue order
     queue = [item.key for item, _ in rv.items(load_concepts())]
     assert len(real) >= 3
     db = tmp_path / "review.sqlite3"
-    args = [sys.executable, "-m", "cli", "review", "--db", str(db), "--now", MONDAY_9AM.isoformat(), "--lang", "en"]
+    args = [sys.executable, "-m", "llmstudy.cli", "review", "--db", str(db), "--now", MONDAY_9AM.isoformat(), "--lang", "en"]
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100", "HF_HUB_OFFLINE": "1"}
     import pty
     pid, fd = pty.fork()
@@ -388,7 +388,7 @@ def test_review_never_imports_torch(tmp_path):
     code = f"""
 import sys
 from click.testing import CliRunner
-import cli
+from llmstudy import cli
 for args, keys in ((["--stats"], ""), (["--lang", "both"], "\\n3\\n\\n1\\nq\\n")):
     result = CliRunner().invoke(cli.main, ["review", "--db", {str(tmp_path / 'r.db')!r}, *args], input=keys)
     assert result.exit_code == 0, result.output

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 from fsrs import Rating, State
 
-import cli
-from cards import grades
-from cards import review as rv
-from cards.data import load_concepts
-from cards.store import SCHEMA_VERSION, Store
-from llmstudy.exercises import EXERCISES
+from llmstudy import cli
+from llmstudy.cards import grades
+from llmstudy.cards import review as rv
+from llmstudy.cards.data import load_concepts
+from llmstudy.cards.store import SCHEMA_VERSION, Store
+from llmstudy.catalog import EXERCISES
 
 JST = timezone(timedelta(hours=9))
 MONDAY_9AM = datetime(2026, 1, 5, 9, 0, tzinfo=JST)
@@ -186,7 +186,7 @@ def top_p_filter(logits, p):
 
 
 def test_check_names_the_failed_tests_concepts_and_its_suggestion_brings_them_forward(tmp_path):
-    from llmstudy.exercises import by_id
+    from llmstudy.catalog import by_id
     work = tmp_path / "03_sampling.py"
     work.write_text(by_id("sampling").solution_path.read_text(encoding="utf-8") + BROKEN_TOP_P, encoding="utf-8")
     run = CliRunner().invoke(cli.main, ["check", str(work)])
@@ -209,7 +209,7 @@ def test_check_names_the_failed_tests_concepts_and_its_suggestion_brings_them_fo
 
 
 def test_passing_work_names_no_concepts(tmp_path):
-    from llmstudy.exercises import by_id
+    from llmstudy.catalog import by_id
     work = tmp_path / "03_sampling.py"
     work.write_text(by_id("sampling").solution_path.read_text(encoding="utf-8"), encoding="utf-8")
     run = CliRunner().invoke(cli.main, ["check", str(work)])

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from fsrs import Card, Rating, ReviewLog, Scheduler
 from fsrs.scheduler import DEFAULT_PARAMETERS
 
-import cli
-from cards import optimize as opt
-from cards import review as rv
-from cards.store import Store
+from llmstudy import cli
+from llmstudy.cards import optimize as opt
+from llmstudy.cards import review as rv
+from llmstudy.cards.store import Store
 
 TRUE = [p * 4 for p in DEFAULT_PARAMETERS[:4]] + \
     list(DEFAULT_PARAMETERS[4:])
@@ -118,7 +118,7 @@ def _store_with_history(db, history) -> None:
 
 
 def test_cli_optimize_reports_before_and_after_and_later_sessions_use_the_fit(tmp_path, monkeypatch):
-    from cards.data import Concept
+    from llmstudy.cards.data import Concept
     db = tmp_path / "review.sqlite3"
     history = synthetic(TRUE, seed=1)
     _store_with_history(db, history)

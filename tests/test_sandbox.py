@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from grader import batch
-from grader.sandbox import UID_BASE, Limits, SandboxUnavailable, SandboxWorker, isolation_problem
-from grader.submission import LearnerError, SubmissionTimeout
+from llmstudy.grader import batch
+from llmstudy.grader.sandbox import UID_BASE, Limits, SandboxUnavailable, SandboxWorker, isolation_problem
+from llmstudy.grader.submission import LearnerError, SubmissionTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 INSIDE_DIR = Path(pytest.__file__).parent.parent / "_pytest" / "config"      # folders inside trees the child must see
-INSIDE_FILE = ROOT / "llmstudy" / "exercises.py"
+INSIDE_FILE = ROOT / "llmstudy" / "catalog.py"
 SECRET = "LLMSTUDY_TEST_SECRET"
 needs_isolation = pytest.mark.skipif(isolation_problem() is not None,
                                      reason=f"sandbox unavailable here: {isolation_problem()}")
@@ -243,8 +243,8 @@ def _cmdline_has(proc: Path, text: str) -> bool:
 
 
 def test_grading_refuses_without_isolation_unless_allowed(monkeypatch):
-    import grader.sandbox
-    monkeypatch.setattr(grader.sandbox, "isolation_problem", lambda: "no namespaces in this test")
+    from llmstudy.grader import sandbox
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "no namespaces in this test")
     with pytest.raises(SandboxUnavailable, match="no namespaces in this test.*--allow-unsandboxed"):
         batch.sandbox_mode(allow_unsandboxed=False)
     warnings = []
@@ -255,9 +255,9 @@ def test_grading_refuses_without_isolation_unless_allowed(monkeypatch):
 def test_cli_refusal_is_one_line(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
-    import grader.sandbox
-    from cli import main
-    monkeypatch.setattr(grader.sandbox, "isolation_problem", lambda: "no namespaces in this test")
+    from llmstudy.grader import sandbox
+    from llmstudy.cli import main
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "no namespaces in this test")
     (tmp_path / "subs" / "ana").mkdir(parents=True)
     run = CliRunner().invoke(main, ["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "r.json")])
     assert run.exit_code == 1
@@ -287,7 +287,7 @@ def test_model_file_outside_the_python_install_is_bound(tmp_path):
     (student / "01_positional_encoding.py").write_text((ROOT / "solutions" / "positional_encoding.py").read_text())
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
     out = tmp_path / "results.json"
-    subprocess.run([sys.executable, "-m", "cli", "grade", str(tmp_path / "class"), "--out", str(out), "--workers", "1"],
+    subprocess.run([sys.executable, "-m", "llmstudy.cli", "grade", str(tmp_path / "class"), "--out", str(out), "--workers", "1"],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     import json
     (record,) = [e for e in json.loads(out.read_text())["submissions"][0]["exercises"] if e["status"] != "missing"]

@@ -3,7 +3,7 @@
 One file per process, so the file name says how far its code is trusted:
   client.py     trusted grader: SandboxWorker, SandboxSubmission; computes every verdict and serves model calls
                 from the grader's own copy of the model (grader/model_server.py). Never runs learner code.
-  zygote.py     `python -m grader.sandbox.zygote`: imports torch, transformers and the tokenizers, forks children.
+  zygote.py     `python -m llmstudy.grader.sandbox.zygote`: imports torch, transformers and the tokenizers, forks children.
                 Holds no model weights and no grader code beyond the child's serve loop; never runs learner code.
   child.py      one per submission (and a fresh one after each timeout or crash): runs the learner's code and
                 answers calls by value: a value, or the qualified name of the exception raised, nothing else.
@@ -24,7 +24,7 @@ Without isolation (not root, not Linux, or namespaces unavailable) `sandboxed=Fa
 process, its own session (killed as a process group), a temp working directory, the uid drop when root, and the
 rlimits that the OS enforces; callers must ask for that explicitly (`--allow-unsandboxed`).
 
-Names are exported lazily: the zygote and the child import grader.sandbox.isolation without pulling in the client.
+Names are exported lazily: the zygote and the child import llmstudy.grader.sandbox.isolation without pulling in the client.
 """
 from __future__ import annotations
 
@@ -36,5 +36,5 @@ _EXPORTS = {"SandboxWorker": "client", "SandboxSubmission": "client", "SandboxBr
 def __getattr__(name: str):
     if name in _EXPORTS:
         import importlib
-        return getattr(importlib.import_module(f"grader.sandbox.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'grader.sandbox' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"llmstudy.grader.sandbox.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'llmstudy.grader.sandbox' has no attribute {name!r}")

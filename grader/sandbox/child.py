@@ -28,10 +28,10 @@ import socket
 import sys
 import tempfile
 
-from grader import codec
-from grader.model_proxy import ModelProxy
-from grader.sandbox import isolation
-from grader.sandbox.protocol import ProtocolError, recv_frame, send_frame
+from llmstudy.grader import codec
+from llmstudy.grader.model_proxy import ModelProxy
+from llmstudy.grader.sandbox import isolation
+from llmstudy.grader.sandbox.protocol import ProtocolError, recv_frame, send_frame
 
 CHANNEL_FD = 3
 

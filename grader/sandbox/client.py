@@ -28,11 +28,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from grader import codec
-from grader.model_server import ModelRequestError, ModelServer
-from grader.sandbox.isolation import Limits, mounted_views
-from grader.sandbox.protocol import ProtocolError, recv_frame, send_frame
-from grader.submission import LearnerError, Raised, Submission, SubmissionTimeout
+from llmstudy.grader import codec
+from llmstudy.grader.model_server import ModelRequestError, ModelServer
+from llmstudy.grader.sandbox.isolation import Limits, mounted_views
+from llmstudy.grader.sandbox.protocol import ProtocolError, recv_frame, send_frame
+from llmstudy.grader.submission import LearnerError, Raised, Submission, SubmissionTimeout
 
 QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.<>]{0,200}")
 TOKENIZERS = ("smollm2", "minilm")
@@ -77,7 +77,7 @@ class SandboxWorker:
         tokenizers = tuple(t for t in tokenizers if t != "smollm2" or models.smollm2_cache_built())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._log = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([sys.executable, "-m", "grader.sandbox.zygote", str(theirs.fileno())],
+        self._proc = subprocess.Popen([sys.executable, "-m", "llmstudy.grader.sandbox.zygote", str(theirs.fileno())],
                                       pass_fds=[theirs.fileno()], env=_zygote_env(), cwd="/",
                                       stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
         theirs.close()

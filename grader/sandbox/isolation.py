@@ -161,10 +161,15 @@ def mounted_views(device: str, hide: tuple[str, ...]) -> dict:
     # Bind each tree at the path Python knows it by (abspath; a symlinked venv keeps working), outermost only.
     bind = sorted({os.path.abspath(p) for p in bind if os.path.exists(p)})
     bind = [p for p in bind if not any(p != q and _under(p, q) for q in bind)]
-    secret = {str(ROOT / "solutions"), str(ROOT / "grader"), str(ROOT / ".git"), *hide}
+    secret = {str(ROOT / "solutions"), str(ROOT / "grader"), str(ROOT / "examples"), str(ROOT / ".git"), *hide}
     import importlib.util
-    for package in ("solutions", "grader"):
-        spec = importlib.util.find_spec(package)
+    # The answers, the graders, and the example class (ada's files are full marks); by the names a wheel installs
+    # them under and by the bare names a checkout's folders can be imported by.
+    for package in ("llmstudy.solutions", "llmstudy.grader", "llmstudy.examples", "solutions", "grader"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except ImportError:
+            spec = None
         if spec is not None and spec.submodule_search_locations:
             secret.update(spec.submodule_search_locations)
     for info in models.available():

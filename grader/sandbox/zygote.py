@@ -1,4 +1,4 @@
-"""The zygote: a pre-warmed process that forks one child per submission (`python -m grader.sandbox.zygote FD`).
+"""The zygote: a pre-warmed process that forks one child per submission (`python -m llmstudy.grader.sandbox.zygote FD`).
 
 Started by the trusted client (grader/sandbox/client.py) with a minimal environment, it imports torch, transformers
 and the tokenizers once, so that a child starts in milliseconds and shares them copy-on-write. It holds no model
@@ -14,10 +14,12 @@ import socket
 import sys
 import tempfile
 
-from grader.sandbox import isolation
-from grader.sandbox.protocol import recv_frame, send_frame
+from llmstudy.grader.sandbox import isolation
+from llmstudy.grader.sandbox.protocol import recv_frame, send_frame
 
-LEAKS = ("solutions", "grader.tests", "grader.checks", "grader.model_server", "grader.runner", "grader.sandbox.client")
+# Grader code the learner's side must never hold (the bare names too: a checkout's folders are importable by them).
+LEAKS = tuple(prefix + name for prefix in ("llmstudy.", "") for name in (
+    "solutions", "grader.tests", "grader.checks", "grader.model_server", "grader.runner", "grader.sandbox.client"))
 
 
 def _describe_status(status: int) -> str:
@@ -88,7 +90,7 @@ def _preload(config: dict) -> None:
     torch.set_num_interop_threads(1)
     import transformers  # noqa: F401
 
-    from grader.sandbox import child  # noqa: F401
+    from llmstudy.grader.sandbox import child  # noqa: F401
     from llmstudy import models
     for name in config["tokenizers"]:
         models.load_tokenizer(name)
@@ -126,7 +128,7 @@ def _spawn(config: dict, stage: str, own_pid_ns: int, sock_fd: int, out_fd: int,
     code = 0
     try:
         control.detach()
-        from grader.sandbox import child
+        from llmstudy.grader.sandbox import child
         child.main(config, stage, sock_fd, out_fd)
     except BaseException:  # noqa: BLE001 - never return into the zygote's loop
         code = 70

@@ -18,12 +18,12 @@ def pytest_configure(config):
 
 def reference_submission():
     """All five references in one namespace (their function names don't overlap), called like a learner's."""
-    from grader.submission import InProcessSubmission
-    from llmstudy.exercises import EXERCISES
+    from llmstudy.grader.submission import InProcessSubmission
+    from llmstudy.catalog import EXERCISES
 
     namespace = {}
     for exercise in EXERCISES:
-        module = importlib.import_module(f"solutions.{exercise.id}")
+        module = importlib.import_module(f"llmstudy.solutions.{exercise.id}")
         namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
     return InProcessSubmission(namespace, "reference")
 

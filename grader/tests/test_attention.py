@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import solutions.attention as ref
+import llmstudy.solutions.attention as ref
 
 # float32 results from a different summation order (matmul blocking, softmax reduction) differ by a few ulps of the
 # largest intermediate; inputs here are O(1)-O(10), so 1e-5 absolute is ~100 ulps of headroom. Bugs are off by > 1e-2.

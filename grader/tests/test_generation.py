@@ -15,7 +15,7 @@ import weakref
 import pytest
 import torch
 
-from grader.codec import ModelRef
+from llmstudy.grader.codec import ModelRef
 
 SMOLLM2 = ModelRef("smollm2")
 

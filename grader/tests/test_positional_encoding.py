@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-import solutions.positional_encoding as ref
+import llmstudy.solutions.positional_encoding as ref
 
 # A float32 implementation computes the angle pos / base**(2i/d_model) with a relative error of a few float32 ulps,
 # i.e. an absolute error that grows with pos: measured up to 3.1e-5 at 512 x 512 (6e-5 at pos 1023). 1e-4 accepts every

@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-import solutions.prompting as ref
-from llmstudy.exercises import EXERCISES_DIR
+import llmstudy.solutions.prompting as ref
+from llmstudy.catalog import EXERCISES_DIR
 
 
 @functools.cache

@@ -386,7 +386,7 @@ def test_no_function_modifies_its_input(submission):
 
 def check_untouched_call_was_right(fn: str, args: tuple, outcome) -> None:
     """Leaving the input alone pays only with a right result: code that returns zeros or its input scores 0."""
-    from grader.submission import Raised
+    from llmstudy.grader.submission import Raised
     if isinstance(outcome, Raised):
         raise AssertionError(outcome.describe(f"{fn}()"))
     got, logits = outcome.value, args[0]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-import solutions.generation as generation_ref
-import solutions.prompting as prompting_ref
+import llmstudy.solutions.generation as generation_ref
+import llmstudy.solutions.prompting as prompting_ref
 
 REFERENCES = {"generation": generation_ref, "prompting": prompting_ref}
 MUTANTS: dict[str, dict[str, dict]] = {ex: {} for ex in REFERENCES}          # exercise -> name -> namespace

@@ -10,9 +10,9 @@ import math
 
 import torch
 
-import solutions.attention as attention_ref
-import solutions.positional_encoding as pe_ref
-import solutions.sampling as sampling_ref
+import llmstudy.solutions.attention as attention_ref
+import llmstudy.solutions.positional_encoding as pe_ref
+import llmstudy.solutions.sampling as sampling_ref
 
 REFERENCES = {"positional_encoding": pe_ref, "attention": attention_ref, "sampling": sampling_ref}
 MUTANTS: dict[str, dict[str, dict]] = {ex: {} for ex in REFERENCES}          # exercise -> name -> namespace

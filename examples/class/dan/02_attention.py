@@ -1,2 +1,2 @@
 """dan: tries to copy the reference solution instead of writing his own."""
-from solutions.attention import *  # noqa: F401,F403
+from llmstudy.solutions.attention import *  # noqa: F401,F403

@@ -4,7 +4,7 @@ import torch
 
 # Rewrite the child's own answers: every result this process sends becomes a claim that builtins.ValueError was
 # raised. A claim is worth what raising is worth, and input checks count only once a table is right: 0 points.
-_child = sys.modules.get("grader.sandbox.child")
+_child = sys.modules.get("llmstudy.grader.sandbox.child")
 if _child is not None:
     _send = _child.send_frame
 

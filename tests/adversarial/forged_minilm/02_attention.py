@@ -62,6 +62,6 @@ bert.BertAttention.forward = lambda self, hidden_states, *args, **kwargs: (
     self.output(_unpatched_self_attention(self.self, hidden_states, *args, **kwargs)[0], hidden_states), None)
 _unpatched_self_attention = bert.BertSelfAttention.forward
 for _name, _module in list(sys.modules.items()):      # whatever grader code this process holds
-    if _name.startswith("grader") and _module is not None:
+    if _name.startswith(("grader", "llmstudy.grader")) and _module is not None:
         _module.minilm_embeddings_with_learner_attention = lambda sub, sentences: _true_embeddings(sentences)
         _module.mean_pooled_embeddings = lambda model, tokenizer, sentences: _true_embeddings(sentences)

@@ -2,7 +2,7 @@ import pickle
 
 import torch
 
-from grader import codec
+from llmstudy.grader import codec
 
 
 class Payload:

@@ -2,12 +2,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-EXERCISES_DIR = ROOT / "exercises"
-SOLUTIONS_DIR = ROOT / "solutions"
-GRADER_TESTS_DIR = ROOT / "grader" / "tests"
+
+def package_folder(package: str) -> Path | None:
+    """The folder of one of the kit's packages (llmstudy.exercises, llmstudy.solutions, ...), found through
+    importlib.resources, so that a checkout and an installed wheel read the same files; None where it isn't installed
+    (a learner's release has no llmstudy.solutions)."""
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:
+        return None
+    # A folder without __init__.py (exercises/, examples/) is a namespace package, whose files() is a MultiplexedPath
+    # over its folders; ours have one, and joinpath(".") gives it as a pathlib.Path.
+    return Path(root if isinstance(root, Path) else root.joinpath("."))
+
+
+# The notebooks and their data; a learner's release keeps them beside its llmstudy/ folder, not inside it.
+EXERCISES_DIR = package_folder("llmstudy.exercises") or Path(__file__).resolve().parent.parent / "exercises"
+SOLUTIONS_DIR = package_folder("llmstudy.solutions")           # None in a learner's release
+GRADER_TESTS_DIR = (package_folder("llmstudy.grader") or Path("/nonexistent")) / "tests"
+EXAMPLE_CLASS_DIR = (package_folder("llmstudy.examples") or Path("/nonexistent")) / "class"
 # A learner's release (`llmstudy release`) has no grader/tests/: only the public tests, in the learner package.
 PUBLIC_TESTS_DIR = Path(__file__).resolve().parent / "public_tests"
 
@@ -29,6 +45,8 @@ class Exercise:
 
     @property
     def solution_path(self) -> Path:
+        if SOLUTIONS_DIR is None:
+            raise FileNotFoundError("this install has no solutions (a learner's release); grade from the instructor's")
         return SOLUTIONS_DIR / f"{self.id}.py"
 
     @property
