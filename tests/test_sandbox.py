@@ -152,6 +152,14 @@ def test_hidden_paths_inside_bound_trees_are_covered(sub):
     assert sub.listdir(str(INSIDE_DIR.parent)) != []      # only what was hidden
 
 
+def test_a_hidden_folder_inside_another_is_covered_once():
+    """Covering a folder removes what is below it from the child's view, so a second cover inside it could not be
+    mounted (the installed wheel's example class lies inside llmstudy/examples, both hidden): outermost only."""
+    from llmstudy.grader.sandbox.isolation import mounted_views
+    views = mounted_views("cpu", hide=(str(INSIDE_DIR.parent), str(INSIDE_DIR)))
+    assert str(INSIDE_DIR.parent) in views["cover"] and str(INSIDE_DIR) not in views["cover"]
+
+
 @needs_isolation
 def test_child_has_no_network(sub):
     assert sub.interfaces() == ["lo"]

@@ -184,7 +184,8 @@ def mounted_views(device: str, hide: tuple[str, ...]) -> dict:
             real_q = os.path.realpath(q)
             if _under(s, real_q):
                 cover.add(os.path.normpath(os.path.join(q, os.path.relpath(s, real_q))))
-    cover = sorted(cover)
+    # outermost only: inside a covered folder there is nothing left to cover (a path below it no longer exists)
+    cover = sorted(c for c in cover if not any(c != d and _under(c, d) for d in cover))
     return {"bind": bind, "links": links, "devices": devices, "cover": cover}
 
 
