@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from llmstudy.grader.codec import ModelRef
+from llmstudy.grader.reference_cache import per_machine
 
 SMOLLM2 = ModelRef("smollm2")
 
@@ -78,6 +79,7 @@ def show(token_id: int) -> str:
 
 
 @functools.cache
+@per_machine
 def _reference(prompts: tuple[str, ...], max_new_tokens: int, eos_token_id: int | None) -> torch.Tensor:
     model, _ = smollm2()
     ids = encode(*prompts)
@@ -342,6 +344,7 @@ def test_sampled_tokens_respect_temperature_then_top_p(submission):
 
 
 @functools.cache
+@per_machine
 def _argmax_probability(prompt: tuple[str, ...], steps: int, temperature: float) -> float:
     """The probability that a correct sampler at `temperature` draws the greedy tokens (once per process)."""
     want = reference(prompt, steps)
