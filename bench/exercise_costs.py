@@ -51,9 +51,9 @@ def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
             log: list = []
             original = ModelServer.forward
 
-            def recording(self, name, input_ids, past=None, _log=log, _orig=original):
+            def recording(self, name, input_ids, past=None, _log=log, _orig=original, **options):
                 ids = input_ids.clone() if isinstance(input_ids, torch.Tensor) else input_ids
-                logits, handle = _orig(self, name, input_ids, past)
+                logits, handle = _orig(self, name, input_ids, past, **options)
                 _log.append((name, ids, past, handle))
                 return logits, handle
 

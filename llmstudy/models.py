@@ -204,7 +204,7 @@ def load_tokenizer(name: str):
 def load(name: str, device: str = "auto"):
     """(model, tokenizer) for a bundled name or a hub id, in eval mode on `device`. Cached per process.
 
-    The returned model is shared: callers that patch it must restore it (see grader.harness)."""
+    The returned model is shared: callers that patch it must restore it (see llmstudy.grader.checks)."""
     device = resolve_device(device)
     if name == "smollm2":
         model, tokenizer = _load_smollm2()

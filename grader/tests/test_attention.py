@@ -4,7 +4,7 @@ Oracles: torch.softmax, torch.nn.functional.scaled_dot_product_attention, torch.
 model: the learner's multi_head_attention replaces the self-attention of every all-MiniLM-L6-v2 layer and the sentence
 embeddings must match the unmodified model's. The model runs here, in the grader's process; each layer sends its
 input and weights to the learner's function by value and uses the returned tensor (see learner_attention_in_bert), so
-that nothing the learner's process could patch (grader.harness, transformers, torch) decides the result.
+that nothing the learner's process could patch (llmstudy.grader.checks, transformers, torch) decides the result.
 
 PYTEST_DONT_REWRITE: a learner sees only the assert messages, even when grade() runs inside another pytest
 session (whose assertion rewriting would otherwise add source expressions and object addresses).

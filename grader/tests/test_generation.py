@@ -4,7 +4,7 @@ top_p, generator), the autoregressive generation loop.
 Oracles: SmolLM2-135M-Instruct's own transformers generate(do_sample=False) for greedy decoding and eos handling,
 token for token; for sampling, the model's logits on the learner's output (every drawn token must lie in the
 filtered support), a chi-square test of first-token frequencies, and reproducibility given the generator.
-The learner's loop runs beside the real model, passed by name (grader.harness.generate_with_model, one thread).
+The learner's loop runs beside the real model, passed by name (llmstudy.grader.checks.generate_with_model, one thread).
 Never requires the learner's random draws to equal anyone else's.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ MIN_P_VALUE = 1e-6
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """The reference runs on one thread, as the learner's loop does (see grader.harness.generate_with_model)."""
+    """The reference runs on one thread, as the learner's loop does (see llmstudy.grader.checks.generate_with_model)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -3,7 +3,7 @@
 Oracles: the documented templates (solutions/prompting.py, stated exactly in the notebook) and real tokenizers:
 SmolLM2's, which adds no special tokens, and all-MiniLM-L6-v2's BERT tokenizer, which adds [CLS] and [SEP], so a
 budget that ignores special tokens or counts the parts of a prompt separately comes out wrong at the boundary.
-Tokenizers can't cross to the learner's process by value: grader.harness.fit_few_shot_with_tokenizer loads the same
+Tokenizers can't cross to the learner's process by value: llmstudy.grader.checks.fit_few_shot_with_tokenizer loads the same
 one there by name. Token counts are exact integers; no tolerance is involved.
 """
 from __future__ import annotations
