@@ -1,10 +1,11 @@
-"""Grading on Dask (grader.cluster, grader.batch): a LocalCluster, a hand-started "remote" cluster through
---scheduler, a worker killed mid-batch, and the grader itself killed mid-batch then resumed.
+"""Grading on Dask (llmstudy.grader.cluster, .batch): a LocalCluster, a hand-started "remote" cluster through
+--scheduler, a worker killed mid-batch, the grader itself killed mid-batch then resumed, and the built wheel in a
+fresh venv (a worker node).
 
-Every run grades examples/class with `llmstudy grade` as a separate process, sandboxed, on 2 workers of one thread
-each, with the demo's --timeout 8 (dan's endless generation loop then costs 80 s of budget, the rest of the class
-finishes well inside its calls' limits even on a loaded 2-core machine). Each worker holds torch and the models
-(~1.5 GB), and only one cluster runs at a time.
+Every run grades examples/class less dan's endless generation loop (see without_endless_loop) with `llmstudy grade`
+as a separate process, sandboxed, on 2 workers of one thread each, with the demo's --timeout 8 (the class finishes
+well inside its calls' limits even on a loaded 2-core machine). Each worker holds torch and the models (~1.5 GB), and
+only one cluster runs at a time.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from llmstudy.grader.sandbox import isolation_problem
 ROOT = Path(__file__).resolve().parent.parent
 CLASS = ROOT / "examples" / "class"
 DASK = Path(sys.executable).parent / "dask"
-FILES = sum(1 for student in CLASS.iterdir() for f in student.iterdir() if f.suffix in (".py", ".ipynb"))
-ENTRIES = 4 * 5                                      # four students, five exercises: one record each
+FILES = sum(1 for student in CLASS.iterdir() for f in student.iterdir() if f.suffix in (".py", ".ipynb")) - 1
+ENTRIES = 4 * 5                                      # four students, five exercises: one record each (dan's 04: missing)
 WAIT = 600                                           # seconds any one grading run may take on a loaded machine
 
 sandboxed = pytest.mark.skipif(isolation_problem() is not None,
@@ -81,11 +82,25 @@ def wait_for(condition, what: str, timeout: float = WAIT, every: float = 0.2):
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def without_endless_loop(source: Path, target: Path) -> Path:
+    """A copy of the example class without dan's endless generation loop, which costs its file the whole time budget
+    (80 s here, on one worker, in every run) and says nothing about Dask; timeouts are tested in
+    tests/test_grade_adversarial.py (default_argument_loop, an endless import), and `make demo` grades dan."""
+    shutil.copytree(source, target)
+    (target / "dan" / "04_generation.py").unlink()
+    return target
+
+
 @pytest.fixture(scope="module")
-def local(tmp_path_factory) -> Path:
-    """An uninterrupted LocalCluster run on examples/class: the reference for every other run here."""
+def timeless_class(tmp_path_factory) -> Path:
+    return without_endless_loop(CLASS, tmp_path_factory.mktemp("timeless") / "class")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, timeless_class) -> Path:
+    """An uninterrupted LocalCluster run on the example class: the reference for every other run here."""
     out = tmp_path_factory.mktemp("local")
-    grade(out, "--workers", "2")
+    grade(out, "--workers", "2", klass=timeless_class)
     return out
 
 
@@ -159,21 +174,21 @@ def test_local_cluster_grades_like_the_sandbox_without_dask(local):
 
 
 @sandboxed
-def test_a_hand_started_cluster_through_scheduler_gives_the_same_scores(local, remote, tmp_path):
-    grade(tmp_path, "--scheduler", remote)
+def test_a_hand_started_cluster_through_scheduler_gives_the_same_scores(local, remote, timeless_class, tmp_path):
+    grade(tmp_path, "--scheduler", remote, klass=timeless_class)
     assert scores(tmp_path) == scores(local)
     assert len(journal_rows(tmp_path)) == FILES
 
 
 @sandboxed
-def test_a_worker_killed_mid_task_is_replaced_and_loses_nothing(local, remote, tmp_path):
+def test_a_worker_killed_mid_task_is_replaced_and_loses_nothing(local, remote, timeless_class, tmp_path):
     """SIGKILL one worker process while it grades a generation file (seconds long): the scheduler gives the task
     to another worker, the nanny starts a new worker, and every file still gets exactly one record."""
     from distributed import Client
 
     with Client(remote, timeout="30s") as client:
         pids = client.run(os.getpid)                           # worker address -> its process
-        proc = subprocess.Popen(grade_command(tmp_path, "--scheduler", remote), cwd=ROOT,
+        proc = subprocess.Popen(grade_command(tmp_path, "--scheduler", remote, klass=timeless_class), cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             def busy_worker():
@@ -202,24 +217,13 @@ def test_a_worker_killed_mid_task_is_replaced_and_loses_nothing(local, remote, t
     assert scores(tmp_path) == scores(local)
 
 
-@pytest.fixture
-def timeless_class(tmp_path) -> Path:
-    """examples/class without dan's endless generation loop: that file runs into its submission's time budget, and
-    the sandbox's message for the call cut short names the budget left, as measured (grader/sandbox/client.py), so
-    no two runs of it, interrupted or not, write the same bytes. Everything else grades the same every time."""
-    klass = tmp_path / "class"
-    shutil.copytree(CLASS, klass)
-    (klass / "dan" / "04_generation.py").unlink()
-    return klass
-
-
 @sandboxed
-def test_resume_after_a_killed_grader_grades_only_the_rest_and_writes_the_same_bytes(timeless_class, tmp_path):
+def test_resume_after_a_killed_grader_grades_only_the_rest_and_writes_the_same_bytes(local, timeless_class,
+                                                                                    tmp_path):
     """SIGKILL `llmstudy grade` once its first record is journalled; `--resume` grades only the files without a
-    record, and every report file is byte-identical to an uninterrupted run's."""
-    files = FILES - 1
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    grade(whole, "--workers", "2", klass=timeless_class)
+    record, and every report file is byte-identical to an uninterrupted run's (`local`, same class and options)."""
+    files = FILES
+    whole, cut = local, tmp_path / "cut"
     proc = subprocess.Popen(grade_command(cut, "--workers", "2", klass=timeless_class), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -320,25 +324,32 @@ def test_the_wheel_claims_one_name_and_ships_what_the_commands_read(wheel):
 
 @sandboxed
 def test_the_wheel_in_a_fresh_venv_grades_the_class_like_the_checkout(node, local, tmp_path):
-    """From a folder outside the checkout: `llmstudy demo` grades the example class the wheel ships with the same
-    scores as the checkout's LocalCluster run; `nbgrader init` builds a course from the wheel's notebooks; `check`
-    runs the public tests of the wheel's graders. Nothing of the checkout is importable there."""
+    """From a folder outside the checkout, with nothing of the checkout importable: the example class the wheel ships
+    (what `llmstudy demo` grades; less dan's endless loop, as everywhere here) gets the checkout's scores; the deck
+    is built from the wheel's concepts; `nbgrader init` builds a course from its notebooks; `check` runs the public
+    tests of its graders."""
     env = node_env()
-    probe = ("import importlib.util as u, llmstudy\n"
-             "print(llmstudy.__path__, [n for n in ('cli', 'grader', 'cards', 'solutions') if u.find_spec(n)])")
+    probe = ("import importlib.util as u, llmstudy\nfrom llmstudy.catalog import EXAMPLE_CLASS_DIR\n"
+             "print([n for n in ('cli', 'grader', 'cards', 'solutions') if u.find_spec(n)])\nprint(EXAMPLE_CLASS_DIR)")
     run = subprocess.run([str(node / "python"), "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert run.returncode == 0 and "site-packages/llmstudy'] []" in run.stdout, run.stdout + run.stderr
-    demo = subprocess.run([str(node / "llmstudy"), "demo", "--out", str(tmp_path / "demo"), "--workers", "2",
-                           "--device", "cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=WAIT)
-    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
-    assert scores(tmp_path / "demo") == scores(local)
-    assert (tmp_path / "demo" / "llm-week1.apkg").stat().st_size > 0
-    init = subprocess.run([str(node / "llmstudy"), "nbgrader", "init", str(tmp_path / "course")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=WAIT)
-    assert init.returncode == 0, init.stdout + init.stderr[-3000:]
+    assert run.returncode == 0, run.stderr[-3000:]
+    found, shipped_class = run.stdout.splitlines()
+    assert found == "[]" and "site-packages/llmstudy/examples/class" in shipped_class, run.stdout
+
+    def llmstudy(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(node / "llmstudy"), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=WAIT)
+        assert done.returncode == 0, (args, done.stdout[-2000:] + done.stderr[-3000:])
+        return done
+
+    klass = without_endless_loop(Path(shipped_class), tmp_path / "class")
+    llmstudy("grade", str(klass), "--out", str(tmp_path / "graded" / "results.json"), "--device", "cpu",
+             "--timeout", "8", "--workers", "2")
+    assert scores(tmp_path / "graded") == scores(local)
+    llmstudy("cards", "export", "--out", str(tmp_path / "deck.apkg"))
+    assert (tmp_path / "deck.apkg").stat().st_size > 0
+    llmstudy("nbgrader", "init", str(tmp_path / "course"))
     assert sorted(p.name for p in (tmp_path / "course" / "source" / "week1").glob("*.ipynb")) == \
         sorted(ex.notebook for ex in EXERCISES)
-    ada = CLASS / "ada" / "01_positional_encoding.py"
-    check = subprocess.run([str(node / "llmstudy"), "check", str(ada)], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=WAIT)
-    assert check.returncode == 0 and "positional_encoding:" in check.stdout, check.stdout + check.stderr[-3000:]
+    check = llmstudy("check", str(CLASS / "ada" / "01_positional_encoding.py"))
+    assert "positional_encoding:" in check.stdout, check.stdout
