@@ -14,6 +14,10 @@ sequence at every step, costs what a KV-cache loop costs. A call that shares onl
 copy of the cache cropped to the shared part; anything else (edited ids, a new batch) is computed from scratch, so a
 result never depends on guessing right. Cached and from-scratch logits differ by ~1e-5 (another summation order):
 tests/test_model_proxy.py checks they stay far inside the graders' tolerances (MIN_MARGIN 1e-3, SUPPORT_TOL 1e-4).
+
+Across submissions. Each forward pass is looked up first in the worker's ForwardMemo (grader/forward_memo.py) by its
+whole computation path, so the greedy steps every correct submission asks for are computed once per worker, and a
+memoised answer is bit for bit what this call would have computed itself.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+
+from llmstudy.grader import forward_memo
 
 SERVED = ("smollm2",)                 # causal LMs a learner's loop may call
 MAX_ROWS = 512
@@ -41,6 +47,8 @@ class _Entry:
     ids: torch.Tensor                 # [B, L] on CPU
     cache: object                     # transformers DynamicCache holding L positions
     buffer: torch.Tensor              # [B, capacity >= L, V] float32 on CPU; positions [:L] hold the logits
+    path: bytes                       # how `cache` was computed (forward_memo.chain), the memo's key
+    borrowed: bool = False            # `cache` is the memo's own: copy it before growing it
 
     @property
     def logits(self) -> torch.Tensor:                                       # [B, L, V], a view
@@ -65,8 +73,10 @@ def _appended(buffer: torch.Tensor | None, length: int, new: torch.Tensor) -> to
 class Stats:
     calls: int = 0                    # requests served
     runs: int = 0                     # forward passes of the model (requests served from the cache need none)
+    memo_hits: int = 0                # forward passes an earlier submission on this worker had computed already
     positions_computed: int = 0       # token positions the model ran on (rows x new positions)
     positions_served: int = 0         # token positions whose logits were returned
+    positions_memoised: int = 0       # token positions of memo hits (not in positions_computed)
     forward_seconds: float = 0.0      # serving, cache bookkeeping included
     model_seconds: float = 0.0        # the model's own forward passes only
 
@@ -78,6 +88,7 @@ class Stats:
 class ModelServer:
     device: str = "cpu"
     stats: Stats = field(default_factory=Stats)
+    memo: forward_memo.ForwardMemo | None = field(default_factory=lambda: forward_memo.PER_WORKER)   # None: off
 
     def __post_init__(self):
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
@@ -124,8 +135,8 @@ class ModelServer:
         start = time.perf_counter()
         # Identical rows (a prompt repeated for a frequency test) are computed once: [U, L] unique rows.
         unique, inverse = torch.unique(full, dim=0, return_inverse=True)
-        logits = self._logits(model, unique)[inverse] if unique.shape[0] < full.shape[0] \
-            else self._logits(model, full)                                  # [B, L_full, V]
+        logits = self._logits(name, model, unique)[inverse] if unique.shape[0] < full.shape[0] \
+            else self._logits(name, model, full)                            # [B, L_full, V]
         self.stats.forward_seconds += time.perf_counter() - start
         self.stats.calls += 1
         self.stats.positions_served += ids.numel()
@@ -156,7 +167,7 @@ class ModelServer:
             self._handles.popitem(last=False)
         return self._next
 
-    def _logits(self, model, full: torch.Tensor) -> torch.Tensor:
+    def _logits(self, name: str, model, full: torch.Tensor) -> torch.Tensor:
         """Logits [B, L, V] for every position of `full`, reusing the entry with the longest common prefix."""
         best, shared = None, 0
         for key, entry in self._entries.items():
@@ -171,31 +182,44 @@ class ModelServer:
         if best is not None and shared == L:                               # full is a prefix of an entry
             self._entries.move_to_end(best)
             return self._entries[best].logits[:, :L]
-        cache, buffer, start = None, None, 0
+        cache, buffer, start, path = None, None, 0, forward_memo.ForwardMemo.origin(name, self.device)
         if best is not None:
             entry = self._entries[best]
             if shared == entry.ids.shape[1]:                               # extends the entry: grow it in place
-                cache, buffer = entry.cache, entry.buffer
+                cache, buffer, path = entry.cache, entry.buffer, entry.path
+                if entry.borrowed:
+                    cache = copy.deepcopy(cache)
                 del self._entries[best]
             else:                                                          # branches: from a cropped copy
                 cache = copy.deepcopy(entry.cache)
                 cache.crop(shared - entry.ids.shape[1])        # transformers 5: negative = drop that many
                 buffer = _appended(None, 0, entry.logits[:, :shared])
+                path = forward_memo.chain(entry.path, "crop", shared)
             start = shared
-        new, cache = self._run(model, full[:, start:], cache)
-        entry = _Entry(full, cache, _appended(buffer, start, new))
+        path = forward_memo.chain(path, full[:, start:])
+        new, cache, borrowed = self._run(model, full[:, start:], cache, path)
+        entry = _Entry(full, cache, _appended(buffer, start, new), path, borrowed)
         self._store(entry)
         return entry.logits
 
-    def _run(self, model, ids: torch.Tensor, cache) -> tuple[torch.Tensor, object]:
+    def _run(self, model, ids: torch.Tensor, cache, path: bytes) -> tuple[torch.Tensor, object, bool]:
+        """Logits [B, l, V] for ids [B, l] run on `cache`, the grown cache, and whether that is the memo's (not to be
+        grown in place); `path` names the result."""
         import time
+        if self.memo is not None and (known := self.memo.get(path)) is not None:
+            self.stats.memo_hits += 1
+            self.stats.positions_memoised += ids.numel()
+            return (*known, True)
         start = time.perf_counter()
         with torch.no_grad():
             out = model(ids.to(self.device), cache=cache, use_cache=True)   # transformers 5: `cache`
         self.stats.model_seconds += time.perf_counter() - start
         self.stats.positions_computed += ids.numel()
         self.stats.runs += 1
-        return out.logits.float().cpu(), out.past_key_values                 # [B, l, V], the grown cache
+        logits = out.logits.float().cpu()                                   # [B, l, V]
+        if self.memo is not None:
+            self.memo.put(path, logits, out.past_key_values)
+        return logits, out.past_key_values, False
 
     def _store(self, entry: _Entry) -> None:
         key = self._handle_key()

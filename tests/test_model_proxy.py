@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def server():
-    return ModelServer("cpu")
+    return ModelServer("cpu", memo=None)      # the prefix cache alone: these tests count its forward passes
 
 
 @pytest.fixture

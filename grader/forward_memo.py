@@ -1,0 +1,107 @@
+"""Grader side: forward passes computed once per worker, shared by every submission it grades, bit for bit.
+
+    memo = ForwardMemo(max_bytes=256 << 20)
+    origin = memo.origin("smollm2", "cpu")                 # the path of an empty KV cache
+    key = chain(origin, chunk)                             # the path after computing `chunk` [B, l] on it
+    memo.put(key, logits, cache)                           # logits [B, l, V] and the KV cache after them
+    logits, cache = memo.get(key)                          # the memo's own: read them, copy before growing the cache
+
+Thirty correct submissions of the generation exercise ask the model for exactly the same greedy steps: a naive loop
+and a KV-cache loop reach the model server as the same sequence of one-position extensions (grader/model_server.py).
+ModelServer computes each step once per worker and serves later submissions from here.
+
+Why this can't change a score, not even by 1e-5: a cached forward pass and a fresh one differ slightly (another
+summation order), so a result must never depend on *which* earlier call filled the cache. The key is therefore the
+whole computation path, not the token ids: a hash chain over the model, the device, the torch version and thread
+count, then every chunk of ids in the order they were run on the cache, and every crop. Equal keys mean the same
+operations on the same inputs from the same state, so the stored logits and cache are exactly what this submission's
+own call would have computed (single-threaded CPU kernels are deterministic for equal shapes and inputs;
+tests/test_forward_memo.py checks a memoised run against a fresh process bit for bit). What learner code can do
+through the memo is only what it could do already: make calls, within its budget, that evict entries (bounded by
+max_bytes) and so slow later submissions down.
+
+Written here rather than with joblib.Memory or functools.lru_cache: the values are live KV caches handed out as
+copies and grown in place, the key is a chain built incrementally by the server, and eviction is by bytes.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from collections import OrderedDict
+
+import torch
+
+MAX_BYTES = 256 << 20     # per worker: ~25 submissions' worth of distinct steps of SmolLM2 (about 200 KB a position)
+
+
+def chain(path: bytes, *parts) -> bytes:
+    """The path after one more operation: a chunk of ids [B, l] (its shape and values) or a plain value (a crop)."""
+    digest = hashlib.sha256(path)
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            part = part.to(torch.long).contiguous()
+            digest.update(repr(tuple(part.shape)).encode())
+            digest.update(part.numpy().tobytes())
+        else:
+            digest.update(repr(part).encode())
+    return digest.digest()
+
+
+def _cache_bytes(cache) -> int:
+    layers = getattr(cache, "layers", None) or []
+    return sum(t.numel() * t.element_size() for layer in layers
+               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if isinstance(t, torch.Tensor))
+
+
+class ForwardMemo:
+    """LRU store of (logits [B, l, V], KV cache) by computation path, at most max_bytes in all."""
+
+    def __init__(self, max_bytes: int = MAX_BYTES):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, tuple[torch.Tensor, object, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def origin(model: str, device: str) -> bytes:
+        """The path of an empty cache: everything besides the inputs that decides a forward pass's numbers."""
+        return chain(b"", model, str(device), torch.__version__, torch.get_num_threads())
+
+    def get(self, key: bytes):
+        """(logits, cache), or None. Both stay the memo's: read them, and copy the cache before growing it (most hits
+        are followed by another hit, so copying here would be wasted)."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+        logits, cache, _ = item
+        return logits, cache
+
+    def put(self, key: bytes, logits: torch.Tensor, cache) -> None:
+        """Keep logits (never written to afterwards) and a copy of the cache, evicting the least recently used."""
+        size = logits.numel() * logits.element_size() + _cache_bytes(cache)
+        if size > self.max_bytes:
+            return
+        kept = copy.deepcopy(cache)
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (logits, kept, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, _, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+PER_WORKER = ForwardMemo()     # the process's one memo: every ModelServer in a grading worker shares it
