@@ -6,11 +6,14 @@ One sandbox worker grades the student's five files once to warm up (imports, ref
 work done once per worker), then `--repeats` more times. Everything runs on one thread and one process is busy at a
 time (the grader waits while the child runs, the child waits while the grader serves its model calls), so wall
 seconds are core-seconds. For each exercise it reports:
-  - core-seconds per submission (median over repeats), open + grade + close;
+  - cold: core-seconds per submission (median over repeats), open + grade + close, with the worker's ForwardMemo
+    emptied first (grader/forward_memo.py), i.e. a submission whose model calls no earlier one made;
   - the forward passes ("decoding steps") and token positions its tests made the model compute for the learner's
     code, from the submission's model server;
-  - the limit: the same forward passes replayed on the model alone, in this run (a fresh ModelServer fed the same
-    requests: only the model's compute and its KV cache), and the ratio of the two.
+  - the limit: the same forward passes replayed on the model alone, in this run (a fresh ModelServer without memo fed
+    the same requests: only the model's compute and its KV cache), and the ratio of cold to it;
+  - warm: the same submission graded again right after, its forward passes served by the memo (what the second and
+    later submissions making the same calls cost: every correct one's greedy steps), and the passes still computed.
 Exercises without learner model calls have no such limit (their oracles are cheap tensor maths) and report "-".
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
     import torch
     torch.set_num_threads(1)
-    from llmstudy.grader import runner
+    from llmstudy.grader import forward_memo, runner
     from llmstudy.grader.extract import extract
     from llmstudy.grader.model_server import ModelServer
     from llmstudy.grader.sandbox import Limits, SandboxWorker
@@ -44,10 +47,12 @@ def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
             if (student / f"{ex.stem}{suffix}").exists():
                 files[ex.id] = student / f"{ex.stem}{suffix}"
                 break
-    rows: dict[str, dict] = {ex: {"seconds": [], "score": None} for ex in files}
+    rows: dict[str, dict] = {ex: {"seconds": [], "warm_seconds": [], "score": None} for ex in files}
     requests: dict[str, list] = {}
-    for round_ in range(repeats + 1):                     # round 0 warms up
-        for ex, path in files.items():
+    for round_, warm in [(0, False)] + [(r, w) for r in range(1, repeats + 1) for w in (False, True)]:
+        for ex, path in files.items():                    # round 0 warms up; then cold, then warm, each round
+            if not warm:
+                forward_memo.PER_WORKER.clear()
             log: list = []
             original = ModelServer.forward
 
@@ -67,18 +72,23 @@ def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
             finally:
                 ModelServer.forward = original
             if round_:
-                rows[ex]["seconds"].append(seconds)
+                rows[ex]["warm_seconds" if warm else "seconds"].append(seconds)
+            if warm:
+                rows[ex]["warm_runs"] = sub.server.stats.runs
+                continue
             rows[ex].update(score=result.score, max_score=result.max_score, runs=sub.server.stats.runs,
                             positions=sub.server.stats.positions_computed)
             requests[ex] = log
     worker.close()
     for ex, row in rows.items():
         row["core_seconds"] = statistics.median(row.pop("seconds"))
+        row["warm_core_seconds"] = statistics.median(row.pop("warm_seconds"))
         row["limit_seconds"] = _replay(requests[ex]) if requests[ex] else None
         row["ratio"] = row["core_seconds"] / row["limit_seconds"] if row["limit_seconds"] else None
     total = sum(r["core_seconds"] for r in rows.values())
     return {"student": str(student), "repeats": repeats, "sandboxed": sandboxed, "worker_start_seconds": startup,
             "exercises": rows, "total_core_seconds": total,
+            "total_warm_core_seconds": sum(r["warm_core_seconds"] for r in rows.values()),
             "total_limit_seconds": sum(r["limit_seconds"] or 0 for r in rows.values())}
 
 
@@ -87,7 +97,7 @@ def _replay(requests: list) -> float:
     from llmstudy.grader.model_server import ModelServer
     best = float("inf")
     for _ in range(3):                                    # best of three: the limit is what the model can do
-        server, handles = ModelServer("cpu"), {}
+        server, handles = ModelServer("cpu", memo=None), {}
         for name, ids, past, original in requests:
             _, handles[original] = server.forward(name, ids, handles.get(past))
         best = min(best, server.stats.model_seconds)
@@ -95,14 +105,16 @@ def _replay(requests: list) -> float:
 
 
 def markdown(r: dict) -> str:
-    lines = ["| exercise | score | core-s / submission | forward passes | token positions | model alone (limit) s "
-             "| ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| exercise | score | cold core-s / submission | forward passes | token positions | model alone (limit) s "
+             "| cold / limit | warm core-s | warm forward passes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for ex, row in r["exercises"].items():
         limit = f"{row['limit_seconds']:.2f}" if row["limit_seconds"] else "-"
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
         lines.append(f"| {ex} | {row['score']:g}/{row['max_score']:g} | {row['core_seconds']:.2f} | {row['runs']} | "
-                     f"{row['positions']} | {limit} | {ratio} |")
-    lines.append(f"| **all five** | | **{r['total_core_seconds']:.2f}** | | | {r['total_limit_seconds']:.2f} | |")
+                     f"{row['positions']} | {limit} | {ratio} | {row['warm_core_seconds']:.2f} | "
+                     f"{row.get('warm_runs', 0)} |")
+    lines.append(f"| **all five** | | **{r['total_core_seconds']:.2f}** | | | {r['total_limit_seconds']:.2f} | | "
+                 f"**{r['total_warm_core_seconds']:.2f}** | |")
     lines.append(f"\nSandbox worker start (zygote: torch, transformers, tokenizers; no models): "
                  f"{r['worker_start_seconds']:.1f} s.")
     return "\n".join(lines)

@@ -21,7 +21,6 @@ memoised answer is bit for bit what this call would have computed itself.
 """
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -188,10 +187,10 @@ class ModelServer:
             if shared == entry.ids.shape[1]:                               # extends the entry: grow it in place
                 cache, buffer, path = entry.cache, entry.buffer, entry.path
                 if entry.borrowed:
-                    cache = copy.deepcopy(cache)
+                    cache = forward_memo.detached(cache)
                 del self._entries[best]
             else:                                                          # branches: from a cropped copy
-                cache = copy.deepcopy(entry.cache)
+                cache = forward_memo.detached(entry.cache)
                 cache.crop(shared - entry.ids.shape[1])        # transformers 5: negative = drop that many
                 buffer = _appended(None, 0, entry.logits[:, :shared])
                 path = forward_memo.chain(entry.path, "crop", shared)

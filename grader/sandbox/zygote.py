@@ -138,3 +138,6 @@ def _spawn(config: dict, stage: str, own_pid_ns: int, sock_fd: int, out_fd: int,
 
 if __name__ == "__main__":
     main(int(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)      # children reaped and the stage removed: skip tearing torch down (~0.5 s at every worker's end)
