@@ -49,36 +49,37 @@ def measure(student: Path, repeats: int = 3, sandboxed: bool = True) -> dict:
                 break
     rows: dict[str, dict] = {ex: {"seconds": [], "warm_seconds": [], "score": None} for ex in files}
     requests: dict[str, list] = {}
-    for round_, warm in [(0, False)] + [(r, w) for r in range(1, repeats + 1) for w in (False, True)]:
-        for ex, path in files.items():                    # round 0 warms up; then cold, then warm, each round
-            if not warm:
-                forward_memo.PER_WORKER.clear()
-            log: list = []
-            original = ModelServer.forward
+    runs = [(round_, ex, path, warm) for round_ in range(repeats + 1) for ex, path in files.items()
+            for warm in ((False,) if round_ == 0 else (False, True))]       # round 0 warms up
+    for round_, ex, path, warm in runs:                   # each file cold, then at once warm
+        if not warm:
+            forward_memo.PER_WORKER.clear()
+        log: list = []
+        original = ModelServer.forward
 
-            def recording(self, name, input_ids, past=None, _log=log, _orig=original, **options):
-                ids = input_ids.clone() if isinstance(input_ids, torch.Tensor) else input_ids
-                logits, handle = _orig(self, name, input_ids, past, **options)
-                _log.append((name, ids, past, handle))
-                return logits, handle
+        def recording(self, name, input_ids, past=None, _log=log, _orig=original, **options):
+            ids = input_ids.clone() if isinstance(input_ids, torch.Tensor) else input_ids
+            logits, handle = _orig(self, name, input_ids, past, **options)
+            _log.append((name, ids, past, handle))
+            return logits, handle
 
-            ModelServer.forward = recording
-            try:
-                t = time.perf_counter()
-                sub = worker.open(ex, extract(path), path.name)
-                result = runner.grade(ex, sub)
-                sub.close()
-                seconds = time.perf_counter() - t
-            finally:
-                ModelServer.forward = original
-            if round_:
-                rows[ex]["warm_seconds" if warm else "seconds"].append(seconds)
-            if warm:
-                rows[ex]["warm_runs"] = sub.server.stats.runs
-                continue
-            rows[ex].update(score=result.score, max_score=result.max_score, runs=sub.server.stats.runs,
-                            positions=sub.server.stats.positions_computed)
-            requests[ex] = log
+        ModelServer.forward = recording
+        try:
+            t = time.perf_counter()
+            sub = worker.open(ex, extract(path), path.name)
+            result = runner.grade(ex, sub)
+            sub.close()
+            seconds = time.perf_counter() - t
+        finally:
+            ModelServer.forward = original
+        if round_:
+            rows[ex]["warm_seconds" if warm else "seconds"].append(seconds)
+        if warm:
+            rows[ex]["warm_runs"] = sub.server.stats.runs
+            continue
+        rows[ex].update(score=result.score, max_score=result.max_score, runs=sub.server.stats.runs,
+                        positions=sub.server.stats.positions_computed)
+        requests[ex] = log
     worker.close()
     for ex, row in rows.items():
         row["core_seconds"] = statistics.median(row.pop("seconds"))

@@ -1,6 +1,7 @@
 """Grader side: the only copy of a model that learner code may use, serving forward passes for its proxies.
 
-    server = ModelServer("cpu")                       # one per submission: its cache never outlives the submission
+    server = ModelServer("cpu")                       # one per submission (its prefix cache dies with it); the
+                                                      # worker's ForwardMemo behind it is shared (memo=None: off)
     logits, handle = server.forward("smollm2", ids)   # ids LongTensor [B, L] -> logits float32 [B, L, V] (CPU)
     logits, handle = server.forward("smollm2", ids[:, -1:], past=handle)   # kv-cache style: [B, 1, V]
 

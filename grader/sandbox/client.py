@@ -208,7 +208,7 @@ class SandboxSubmission(Submission):
         self._source, self._filename = source, filename
         self._child: _Child | None = None
         self._seq = 0
-        self.server = ModelServer(worker.device)   # this submission's model calls; its cache dies with it
+        self.server = ModelServer(worker.device)   # this submission's model calls; its prefix cache dies with it
         self.budget_left = worker.limits.budget
         self.timeouts = 0                # calls that ran out of time
         self.deaths = 0                  # calls during which the child died or sent something malformed
