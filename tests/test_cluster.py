@@ -175,9 +175,17 @@ def test_local_cluster_grades_like_the_sandbox_without_dask(local):
 
 @sandboxed
 def test_a_hand_started_cluster_through_scheduler_gives_the_same_scores(local, remote, timeless_class, tmp_path):
+    import gc
+
+    from distributed import Client
+
     grade(tmp_path, "--scheduler", remote, klass=timeless_class)
     assert scores(tmp_path) == scores(local)
     assert len(journal_rows(tmp_path)) == FILES
+    # The grade removed its plugin from these workers, which go on: its teardown must not have frozen their
+    # garbage collector (GradingSetup.teardown freezes it only in a worker that is closing).
+    with Client(remote, timeout="30s") as client:
+        assert set(client.run(gc.get_freeze_count).values()) == {0}
 
 
 @sandboxed
