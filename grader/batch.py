@@ -86,14 +86,14 @@ def exercise_max_score(exercise_id: str) -> float:
     import io
 
     import pytest
+
+    from llmstudy.grader.runner import PYTEST_ARGS
     counter = _PointsCounter()
     with contextlib.redirect_stdout(io.StringIO()):
-        # --assert=plain as in grader.runner: a grader module imported here with rewritten asserts would keep
-        # them in this process, and its messages would then show the hidden tests' values; no:unraisableexception
-        # as in grader.runner (its gc.collect() calls cost ~0.4 s per exercise here, before any task is sent)
-        code = pytest.main([str(by_id(exercise_id).grader_path), "--collect-only", "-p", "no:cacheprovider",
-                            "-p", "no:terminal", "-p", "no:unraisableexception", "--assert=plain", "-o", "addopts=",
-                            "-W", "ignore::DeprecationWarning"], plugins=[counter])
+        # grader.runner's arguments: --assert=plain above all (a grader module imported here with rewritten asserts
+        # would keep them in this process, and its messages would then show the hidden tests' values)
+        code = pytest.main([str(by_id(exercise_id).grader_path), "--collect-only", *PYTEST_ARGS],
+                           plugins=[counter])
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         raise RuntimeError(f"the graders for {exercise_id} could not be collected (exit {code})")
     return counter.total

@@ -16,12 +16,12 @@ whole computation path, not the token ids: a hash chain over the model, the devi
 count, then every chunk of ids in the order they were run on the cache, and every crop. Equal keys mean the same
 operations on the same inputs from the same state, so the stored logits and cache are exactly what this submission's
 own call would have computed (single-threaded CPU kernels are deterministic for equal shapes and inputs;
-tests/test_forward_memo.py checks a memoised run against a fresh process bit for bit). What learner code can do
+tests/test_forward_memo.py checks memoised runs against runs without the memo bit for bit). What learner code can do
 through the memo is only what it could do already: make calls, within its budget, that evict entries (bounded by
 max_bytes) and so slow later submissions down.
 
 Written here rather than with joblib.Memory or functools.lru_cache: the values are live KV caches handed out as
-copies and grown in place, the key is a chain built incrementally by the server, and eviction is by bytes.
+the server's to grow (copied first), the key is a chain built incrementally by the server, and eviction is by bytes.
 """
 from __future__ import annotations
 
@@ -75,8 +75,6 @@ class ForwardMemo:
         self._items: OrderedDict[bytes, tuple[torch.Tensor, object, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     @staticmethod
     def origin(model: str, device: str) -> bytes:
@@ -89,10 +87,8 @@ class ForwardMemo:
         with self._lock:
             item = self._items.get(key)
             if item is None:
-                self.misses += 1
                 return None
             self._items.move_to_end(key)
-            self.hits += 1
         logits, cache, _ = item
         return logits, cache
 

@@ -182,8 +182,10 @@ class ModelServer:
         if best is not None and shared == L:                               # full is a prefix of an entry
             self._entries.move_to_end(best)
             return self._entries[best].logits[:, :L]
-        cache, buffer, start, path = None, None, 0, forward_memo.ForwardMemo.origin(name, self.device)
-        if best is not None:
+        cache, buffer, start = None, None, 0
+        if best is None:
+            path = forward_memo.ForwardMemo.origin(name, self.device)
+        else:
             entry = self._entries[best]
             if shared == entry.ids.shape[1]:                               # extends the entry: grow it in place
                 cache, buffer, path = entry.cache, entry.buffer, entry.path

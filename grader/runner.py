@@ -86,15 +86,18 @@ def _without_outer_assertion_rewriting():
         sys.meta_path[:0] = hooks
 
 
+# Every pytest run over the graders (grading here, counting points in grader.batch). no:unraisableexception: that
+# plugin runs gc.collect() at session end, ~0.5 s per run with torch and a model loaded, i.e. most of a grade's time.
+# no:logging: its per-phase log capture costs ~20 ms a grade; no grader logs. --assert=plain: see the module docstring.
+PYTEST_ARGS = ("-p", "no:cacheprovider", "-p", "no:terminal", "-p", "no:unraisableexception", "-p", "no:logging",
+               "--assert=plain", "-o", "addopts=", "-W", "ignore::DeprecationWarning")
+
+
 def grade(exercise_id: str, submission: Submission, public_only: bool = False) -> ExerciseResult:
     """Run the graders of one exercise against `submission` and return the scored result."""
     path = by_id(exercise_id).grader_path
     collector = _Collector(submission)
-    # no:unraisableexception: that plugin runs gc.collect() at session end, ~0.5 s per grade with torch and a model
-    # loaded, i.e. most of a grade's time. no:logging: its per-phase log capture costs ~20 ms a grade; no grader
-    # logs.
-    args = [str(path), "-p", "no:cacheprovider", "-p", "no:terminal", "-p", "no:unraisableexception",
-            "-p", "no:logging", "--assert=plain", "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+    args = [str(path), *PYTEST_ARGS]
     if public_only:
         args += ["-m", "public"]
     with contextlib.redirect_stdout(io.StringIO()), _without_outer_assertion_rewriting():
