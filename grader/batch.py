@@ -15,8 +15,10 @@ order, so it is the same, byte for byte once serialised, however and in whatever
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -196,7 +198,8 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
     if scheduler is None:
         from llmstudy.models import resolve_device
         sandboxed = sandbox_mode(allow_unsandboxed, warn)     # refuse here, in one line, before starting anything
-        device = resolve_device(device)
+        if device != "auto":
+            device = resolve_device(device)                    # "auto" is resolved on each worker, where torch is
     else:
         from llmstudy.grader.cluster import check_address
         check_address(scheduler)
@@ -213,11 +216,10 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
         starting = _Starting(scheduler, n, settings)      # the cluster starts while the class is read
 
     try:
-        max_scores = {ex_id: exercise_max_score(ex_id) for ex_id in dict.fromkeys(e[1] for e in entries)}
         records: dict[int, ExerciseResult] = {}
         tasks: dict[int, tuple[Task, str]] = {}
         for i, (student, ex_id, path) in enumerate(entries):
-            record, task, digest = _read_entry(student, ex_id, path, max_scores[ex_id], settings.plugin_name)
+            record, task, digest = _read_entry(student, ex_id, path, settings.plugin_name)
             if task is not None and book and (old := book.resumed(student, ex_id, digest)) is not None:
                 record = old
             if record is not None:
@@ -230,6 +232,8 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
         if tasks:
             client = starting.client()
             for i, result in _with_progress(_run(client, tasks), len(tasks), progress, console, entries):
+                if math.isnan(result.max_score):    # rare (a worker died or could not count): points before the journal
+                    result = _scored({**records, i: result})[i]
                 records[i] = result
                 if book:
                     task, digest = tasks[i]
@@ -239,22 +243,35 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
             starting.close()
         if book:
             book.close()
-    return assemble(entries, records)
+    return assemble(entries, _scored(records))
 
 
-def _read_entry(student, ex_id, path, max_score, setup) -> tuple[ExerciseResult | None, Task | None, str]:
-    """(the record, if no worker is needed; else the task; and the file's sha256)."""
+def _read_entry(student, ex_id, path, setup) -> tuple[ExerciseResult | None, Task | None, str]:
+    """(the record, if no worker is needed; else the task; and the file's sha256). A record made here has no max
+    score yet (NaN): _with_max_scores gives it one."""
     from llmstudy.grader.extract import SubmissionError
     if path is None:
         ex = by_id(ex_id)
-        return ExerciseResult(ex_id, "", "missing", 0.0, max_score,
+        return ExerciseResult(ex_id, "", "missing", 0.0, math.nan,
                               f"no {ex.stem}.ipynb or {ex.stem}.py was submitted"), None, ""
     path = Path(path)
     try:
         data = read_submission(path)
     except (SubmissionError, OSError) as exc:
-        return ExerciseResult(ex_id, path.name, "error", 0.0, max_score, str(exc)), None, ""
-    return None, Task(student, ex_id, path.name, data, max_score, setup), hashlib.sha256(data).hexdigest()
+        return ExerciseResult(ex_id, path.name, "error", 0.0, math.nan, str(exc)), None, ""
+    return None, Task(student, ex_id, path.name, data, setup), hashlib.sha256(data).hexdigest()
+
+
+def _scored(records: dict[int, ExerciseResult]) -> dict[int, ExerciseResult]:
+    """The records, each with its exercise's points. Workers count them where the graders run (grader.cluster), so
+    every record they return carries them; a record without them (NaN: a missing file, a worker that died or could
+    not count them) takes them from another record of its exercise. Only an exercise that no record has them for is
+    counted here, which imports torch and the graders into this process (~2 s): grading a class needs neither."""
+    known = {r.exercise: r.max_score for r in records.values() if not math.isnan(r.max_score)}
+    for ex_id in {r.exercise for r in records.values()} - set(known):
+        known[ex_id] = exercise_max_score(ex_id)
+    return {i: r if not math.isnan(r.max_score) else dataclasses.replace(r, max_score=known[r.exercise])
+            for i, r in records.items()}
 
 
 class _Starting:
@@ -293,22 +310,28 @@ class _Starting:
             self._cluster.close()
 
 
+def _submit(client, tasks: dict[int, tuple[Task, str]]) -> dict:
+    """{future: entry index}, one Dask task per file, longest first (Dask runs higher priorities first): a class
+    ends with short tasks on every worker, not one worker grading a generation notebook while the others idle."""
+    from llmstudy.grader.cluster import grade_task
+    return {client.submit(grade_task, task, pure=False, priority=round(1000 * by_id(task.exercise).grading_cost),
+                          key=f"llmstudy-grade-{task.exercise}-{i}-{os.urandom(4).hex()}"): i
+            for i, (task, _) in tasks.items()}
+
+
 def _run(client, tasks: dict[int, tuple[Task, str]]):
     """(entry index, ExerciseResult) as each task finishes, in any order."""
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    from llmstudy.grader.cluster import grade_task
-    futures = {client.submit(grade_task, task, pure=False,
-                             key=f"llmstudy-grade-{task.exercise}-{i}-{os.urandom(4).hex()}"): i
-               for i, (task, _) in tasks.items()}
+    futures = _submit(client, tasks)
     for future in as_completed(futures):
         i = futures[future]
         task = tasks[i][0]
         try:
             yield i, future.result()
         except KilledWorker as exc:
-            yield i, ExerciseResult(task.exercise, task.filename, "error", 0.0, task.max_score,
+            yield i, ExerciseResult(task.exercise, task.filename, "error", 0.0, math.nan,
                                     f"the process grading this file died {ALLOWED_FAILURES + 1} times (the last "
                                     f"on {exc.last_worker.address}); it may use more memory than a worker has")
         except Exception as exc:  # noqa: BLE001 - the scheduler or the connection is gone

@@ -5,8 +5,10 @@
     client.register_plugin(GradingSetup(settings))     # once per worker (and per replacement worker)
     future = client.submit(grade_task, task, pure=False)   # -> grader.results.ExerciseResult
 
-On each worker, GradingSetup starts a sandbox zygote (grader.sandbox) and imports torch, the hidden graders and the
-references, in the background, so a new worker takes tasks at once and its first one waits only for what is left.
+On each worker, GradingSetup starts a sandbox zygote (grader.sandbox), imports what grading needs
+(grader.worker_preload) and counts each exercise's points, in the background, so a new worker takes tasks at once and
+its first one waits only for what is left. A LocalCluster's workers are forked from one process that did those imports
+once. The client process needs neither torch nor the graders: every record a worker returns carries its points.
 A task carries the submitted file's bytes and its result comes back as data: workers need no shared filesystem,
 only the same llmstudy installed and, for the sandbox, root (or user namespaces). Dask pickles tasks and results
 between our own trusted processes; learner values never travel this way (they cross from the sandbox as
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 import queue
 import tempfile
 import threading
@@ -59,7 +62,6 @@ class Task:
     exercise: str
     filename: str                         # the submitted file's name (its suffix says notebook or .py)
     data: bytes                           # its contents, read by the grader's machine
-    max_score: float
     setup: str                            # the GradingSetup plugin that holds this batch's sandbox
 
 
@@ -75,6 +77,7 @@ class GradingSetup(WorkerPlugin):
         self.name = settings.plugin_name
         self._worker = None
         self._problem: str | None = None
+        self._max_scores: dict[str, float] = {}
 
     def setup(self, worker) -> None:
         tempfile.gettempdir()    # computed once, under a lock that a forked probe must not find held
@@ -108,18 +111,20 @@ class GradingSetup(WorkerPlugin):
             raise value
         return value
 
-    @staticmethod
-    def _import_graders() -> None:
-        import importlib
-
+    def _import_graders(self) -> None:
+        import llmstudy.grader.worker_preload  # noqa: F401  (already imported if forked from a LocalCluster's server)
         import torch
         torch.set_num_threads(1)         # one worker per core; the graders' bit-exact comparisons want one thread
-        import transformers  # noqa: F401
 
-        from llmstudy.grader import runner  # noqa: F401
-        from llmstudy.grader.batch import graded_exercises
+        from llmstudy.grader.batch import exercise_max_score, graded_exercises
         for ex in graded_exercises():
-            importlib.import_module(f"llmstudy.solutions.{ex.id}")
+            self._max_scores[ex.id] = exercise_max_score(ex.id)     # counted where the graders run, not by the client
+
+    def max_score(self, exercise: str) -> float:
+        """The exercise's points as this worker's graders count them; NaN if set-up failed before counting them
+        (grader.batch fills it in from the other records)."""
+        self._loaded.wait()
+        return self._max_scores.get(exercise, math.nan)
 
     def sandbox(self, restart: bool = False):
         """This worker's SandboxWorker, once set-up has finished; a fresh one if asked or if it died."""
@@ -136,10 +141,10 @@ class GradingSetup(WorkerPlugin):
 
     def teardown(self, worker) -> None:
         self._loaded.wait()
-        self._jobs.put(None)
         if self._worker is not None:
             self._worker.close()      # the zygote reaps its children
             self._worker = None
+        self._jobs.put(None)          # only now: the owner thread's end sends any zygote still there SIGTERM
         if _closing(worker):
             # The process is about to exit: move everything to the permanent generation so that the interpreter's
             # final collections skip it. A grading worker's exit takes 1.2 s otherwise (torch, the models, pytest's
@@ -183,14 +188,16 @@ def grade_task(task: Task) -> ExerciseResult:
     """One submitted file's result. Never raises: our side's failures come back with the status `internal`."""
     from distributed import get_worker
 
+    setup = get_worker().plugins.get(task.setup)
     try:
-        return _grade(task, get_worker().plugins[task.setup])
+        return _grade(task, setup)
     except Exception as exc:  # noqa: BLE001 - a result for the batch, not a traceback on a remote worker
-        return _result(task, "internal", f"{type(exc).__name__}: {exc}")
+        max_score = setup.max_score(task.exercise) if setup is not None else math.nan
+        return _result(task, max_score, "internal", f"{type(exc).__name__}: {exc}")
 
 
-def _result(task: Task, status: str, message: str) -> ExerciseResult:
-    return ExerciseResult(task.exercise, task.filename, status, 0.0, task.max_score, message)
+def _result(task: Task, max_score: float, status: str, message: str) -> ExerciseResult:
+    return ExerciseResult(task.exercise, task.filename, status, 0.0, max_score, message)
 
 
 def _grade(task: Task, setup: GradingSetup) -> ExerciseResult:
@@ -198,26 +205,27 @@ def _grade(task: Task, setup: GradingSetup) -> ExerciseResult:
     from llmstudy.grader.sandbox import SandboxBroken
 
     setup.sandbox()                      # set-up first: nothing else of ours runs while it forks its probe
+    max_score = setup.max_score(task.exercise)
     with tempfile.TemporaryDirectory(prefix="llmstudy-") as tmp:   # extract() reads a file: a private copy
         path = Path(tmp) / Path(task.filename).name
         path.write_bytes(task.data)
         try:
             source = extract(path)
         except SubmissionError as exc:
-            return _result(task, "error", str(exc))
+            return _result(task, max_score, "error", str(exc))
         except (RecursionError, MemoryError, ValueError, OSError) as exc:
-            return _result(task, "error", f"{path.name} could not be read as Python ({type(exc).__name__}); "
+            return _result(task, max_score, "error", f"{path.name} could not be read as Python ({type(exc).__name__}); "
                                           "simplify deeply nested code")
     last = ""
     for attempt in range(2):             # our side broke (zygote died): once more on a fresh zygote
         try:
-            return _grade_source(task, source, setup.sandbox(restart=attempt > 0))
+            return _grade_source(task, source, setup.sandbox(restart=attempt > 0), max_score)
         except SandboxBroken as exc:
             last = str(exc)
-    return _result(task, "internal", f"the sandbox broke twice: {last}")
+    return _result(task, max_score, "internal", f"the sandbox broke twice: {last}")
 
 
-def _grade_source(task: Task, source: str, worker) -> ExerciseResult:
+def _grade_source(task: Task, source: str, worker, max_score: float) -> ExerciseResult:
     import torch
 
     from llmstudy.grader import runner
@@ -228,17 +236,18 @@ def _grade_source(task: Task, source: str, worker) -> ExerciseResult:
     try:
         sub = worker.open(task.exercise, source, task.filename)
     except SubmissionTimeout:
-        return _result(task, "timeout", f"importing your code took longer than {worker.limits.call_timeout:g} s; "
-                                        "move long-running code out of top-level assignments")
+        return _result(task, max_score, "timeout",
+                       f"importing your code took longer than {worker.limits.call_timeout:g} s; "
+                       "move long-running code out of top-level assignments")
     except LearnerError as exc:
-        return _result(task, "error", str(exc))
+        return _result(task, max_score, "error", str(exc))
     try:
         try:
             result = runner.grade(task.exercise, sub)
         except RuntimeError as exc:
             if isinstance(exc, SandboxBroken):
                 raise
-            return _result(task, "internal", str(exc))
+            return _result(task, max_score, "internal", str(exc))
         if sub.broken:
             raise SandboxBroken(sub.broken)
     finally:
@@ -255,7 +264,7 @@ def _grade_source(task: Task, source: str, worker) -> ExerciseResult:
     if sub.budget_left <= 0:
         status = "timeout"
         notes.append(f"grading stopped early: your code used its total time of {worker.limits.budget:g} s")
-    return ExerciseResult(task.exercise, task.filename, status, result.score, task.max_score, "; ".join(notes),
+    return ExerciseResult(task.exercise, task.filename, status, result.score, max_score, "; ".join(notes),
                           result.tests)
 
 
@@ -266,7 +275,10 @@ def connect(scheduler: str | None, workers: int = 1):
     from distributed import Client, LocalCluster
 
     if scheduler is None:
-        with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        config = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
+        if _forked_workers():
+            config["distributed.worker.multiprocessing-method"] = "forkserver"
+        with dask.config.set(config):
             # memory_limit=0: the sandbox limits learner code; a per-worker share of RAM would only get a worker
             # holding torch and the models restarted by its nanny on a machine with many cores.
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
@@ -279,6 +291,21 @@ def connect(scheduler: str | None, workers: int = 1):
         raise ClusterUnavailable(f"can't reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} "
                                  f"({type(exc).__name__}); start it with `dask scheduler`, or check the host, "
                                  "the port and the firewall") from None
+
+
+def _forked_workers() -> bool:
+    """Whether this machine's workers can be forked from one process that imported grader.worker_preload once: with
+    N workers, N - 1 fewer copies of ~3 core-s of imports, at the start of every class. Dask forks its workers from
+    multiprocessing's forkserver when asked; its own preload list is replaced by ours (it would import pandas here
+    to build it). A worker its nanny restarts later is spawned as usual."""
+    import multiprocessing
+
+    import distributed.utils
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", "llmstudy.grader.worker_preload"])
+    distributed.utils._forkserver_preload_set = True
+    return True
 
 
 def check_address(scheduler: str) -> None:

@@ -34,6 +34,9 @@ class Exercise:
     notebook: str                 # file name in exercises/, e.g. "02_attention.ipynb"
     title: str
     functions: tuple[str, ...]    # the learner-facing API, in notebook order
+    # Core-seconds to grade a correct submission cold, sandboxed (bench/exercise_costs.py, 2-core VM). Only orders a
+    # class's tasks, longest first, so that no worker is left with a long task while the others idle at the end.
+    grading_cost: float
 
     @property
     def stem(self) -> str:
@@ -58,15 +61,16 @@ class Exercise:
 
 EXERCISES: tuple[Exercise, ...] = (
     Exercise("positional_encoding", "01_positional_encoding.ipynb", "Sinusoidal positional encoding",
-             ("positional_encoding",)),
+             ("positional_encoding",), grading_cost=0.10),
     Exercise("attention", "02_attention.ipynb", "Scaled dot-product and multi-head attention",
-             ("softmax", "causal_mask", "scaled_dot_product_attention", "multi_head_attention")),
+             ("softmax", "causal_mask", "scaled_dot_product_attention", "multi_head_attention"), grading_cost=0.19),
     Exercise("sampling", "03_sampling.ipynb", "Greedy, temperature, top-k and top-p sampling",
-             ("apply_temperature", "top_k_filter", "top_p_filter", "greedy_next_token", "sample_next_token")),
+             ("apply_temperature", "top_k_filter", "top_p_filter", "greedy_next_token", "sample_next_token"),
+             grading_cost=0.16),
     Exercise("generation", "04_generation.ipynb", "The generation loop",
-             ("generate",)),
+             ("generate",), grading_cost=1.76),
     Exercise("prompting", "05_prompting.ipynb", "Zero-, one- and few-shot prompts",
-             ("zero_shot_prompt", "few_shot_prompt", "fit_few_shot_prompt")),
+             ("zero_shot_prompt", "few_shot_prompt", "fit_few_shot_prompt"), grading_cost=0.11),
 )
 
 

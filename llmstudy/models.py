@@ -93,6 +93,8 @@ def available() -> list[ModelInfo]:
 
 def resolve_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' if a GPU is visible, else 'cpu'. 'cuda' without a GPU is a user error."""
+    if device == "cpu":
+        return device            # without importing torch (1 s): `llmstudy grade`'s own process needs none
     import torch
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -79,20 +79,11 @@ def test_resume_keeps_journalled_records_and_grades_only_new_or_changed_files(tm
     entries = [(s, "positional_encoding", f) for s, f in files.items()]
     graded = []
 
-    class NoCluster:                                # stands in for the Dask cluster: records what it was asked
-        def __init__(self, *args):
-            pass
-
-        def client(self):
-            return None
-
-        def close(self):
-            pass
-
     def fake_run(client, tasks):
         for i, (task, _) in tasks.items():
             graded.append(task.student)
-            yield i, ExerciseResult(task.exercise, task.filename, "graded", 1.0, task.max_score, task.student)
+            points = batch.exercise_max_score(task.exercise)        # as a worker counts them
+            yield i, ExerciseResult(task.exercise, task.filename, "graded", 1.0, points, task.student)
 
     monkeypatch.setattr(batch, "_Starting", NoCluster)
     monkeypatch.setattr(batch, "_run", fake_run)
@@ -108,6 +99,67 @@ def test_resume_keeps_journalled_records_and_grades_only_new_or_changed_files(tm
     assert again == first
     with pytest.raises(batch.JournalMismatch, match="other options"):
         batch.grade_entries(entries, progress=False, journal=journal, resume=True, timeout=3.0)
+
+
+class NoCluster:
+    """Stands in for the Dask cluster (batch._Starting) where a test replaces batch._run."""
+    def __init__(self, *args):
+        pass
+
+    def client(self):
+        return None
+
+    def close(self):
+        pass
+
+
+def test_records_made_here_take_their_points_from_the_workers_records(tmp_path, monkeypatch):
+    """This process counts no points when a worker's record has them (counting imports torch and the graders, ~2 s):
+    a missing file gets the points of its exercise's graded record; a record without them (NaN: a worker that died
+    or could not count) gets them counted here, before the journal sees it."""
+    monkeypatch.setattr(batch, "sandbox_mode", lambda allow, warn=print: True)
+    for student in ("ana", "bo"):
+        (tmp_path / student).mkdir()
+        (tmp_path / student / "01_positional_encoding.py").write_text("x = 1\n")
+    worker_points = {"ana": 7.0, "bo": float("nan")}
+
+    def fake_run(client, tasks):
+        for i, (task, _) in tasks.items():
+            yield i, ExerciseResult(task.exercise, task.filename, "graded", 1.0, worker_points[task.student])
+
+    counted = []
+    real_count = batch.exercise_max_score
+    monkeypatch.setattr(batch, "exercise_max_score", lambda ex: counted.append(ex) or real_count(ex))
+    monkeypatch.setattr(batch, "_Starting", NoCluster)
+    monkeypatch.setattr(batch, "_run", fake_run)
+    entries = [("ana", "positional_encoding", tmp_path / "ana" / "01_positional_encoding.py"),
+               ("cy", "positional_encoding", None)]
+    results = batch.grade_entries(entries, progress=False)
+    assert [s.exercises[0].max_score for s in results.submissions] == [7.0, 7.0] and counted == []
+    journal = tmp_path / "results.journal.jsonl"
+    results = batch.grade_entries(entries[1:] + [("bo", "positional_encoding",
+                                                  tmp_path / "bo" / "01_positional_encoding.py")],
+                                  progress=False, journal=journal)
+    want = points_in_source("positional_encoding")
+    assert [s.exercises[0].max_score for s in results.submissions] == [want, want]
+    assert counted == ["positional_encoding"]
+    assert json.loads(journal.read_text().splitlines()[-1])["result"]["max_score"] == want
+
+
+def test_the_class_is_handed_out_longest_first():
+    """Dask runs higher priorities first: the costliest exercise to grade (generation) before all others, so that no
+    worker is still grading one while the others idle at the end of a class; each file is its own task."""
+    submitted = []
+
+    class Recorder:                                   # stands in for a Dask client
+        def submit(self, fn, task, pure, priority, key):
+            submitted.append((priority, task.exercise, key))
+            return key
+
+    tasks = {i: (batch.Task("ana", ex.id, ex.notebook, b"", "setup"), "") for i, ex in enumerate(batch.EXERCISES)}
+    futures = batch._submit(Recorder(), tasks)
+    assert sorted(futures.values()) == list(tasks) and len({key for _, _, key in submitted}) == len(tasks)
+    assert max(submitted)[1] == "generation" and len({p for p, _, _ in submitted}) == len(tasks)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ Names are exported lazily: the zygote and the child import llmstudy.grader.sandb
 from __future__ import annotations
 
 _EXPORTS = {"SandboxWorker": "client", "SandboxSubmission": "client", "SandboxBroken": "client",
-            "SandboxUnavailable": "client", "Limits": "isolation", "UID_BASE": "isolation",
+            "SandboxUnavailable": "isolation", "Limits": "isolation", "UID_BASE": "isolation",
             "isolation_problem": "isolation", "python_readable_by_others": "isolation", "ProtocolError": "protocol"}
 
 

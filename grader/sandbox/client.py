@@ -38,10 +38,6 @@ QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.<>]{0,200}")
 TOKENIZERS = ("smollm2", "minilm")
 
 
-class SandboxUnavailable(RuntimeError):
-    """Isolation can't be set up here; the message says why and how to proceed."""
-
-
 class SandboxBroken(RuntimeError):
     """Our side failed (zygote died, sandbox setup failed): an internal error, not the learner's."""
 

@@ -96,6 +96,10 @@ def _pivot_root(new_root: str) -> None:
     os.chdir("/")
 
 
+class SandboxUnavailable(RuntimeError):
+    """Isolation can't be set up here; the message says why and how to proceed."""
+
+
 def isolation_problem() -> str | None:
     """None if children can be fully isolated here; else one line saying why not."""
     if not sys.platform.startswith("linux"):
