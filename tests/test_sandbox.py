@@ -100,6 +100,14 @@ PROBES = textwrap.dedent('''
         return "bye"
 
 
+    def draws():
+        import random
+
+        import numpy
+        import torch
+        return [torch.rand(3).tolist(), random.random(), float(numpy.random.rand())]
+
+
     def spawn_sleeper(marker):
         import subprocess
         subprocess.Popen(["/bin/sh", "-c", "sleep 600", marker])
@@ -123,6 +131,19 @@ def worker():
 def sub(worker):
     with worker.open("positional_encoding", PROBES, "probes.py") as s:
         yield s
+
+
+def test_unseeded_draws_are_the_same_in_every_child_of_every_zygote(worker):
+    """A learner's draws from the global RNGs (without the generator a test passes) are the same in every child and
+    under every zygote, whose own start-up seeds are random: such a submission's verdict can't vary between runs."""
+    def first_draws(w):
+        with w.open("positional_encoding", PROBES, "probes.py") as s:
+            return s.draws()
+
+    with SandboxWorker(preload=(), limits=Limits(call_timeout=3, budget=60)) as other:
+        seen = [first_draws(worker), first_draws(worker), first_draws(other)]
+    assert seen[0] == seen[1] == seen[2], seen
+    assert len(set(seen[0][0])) == 3, "torch.rand(3) should give three different numbers"
 
 
 @needs_isolation
