@@ -311,12 +311,20 @@ class _Starting:
 
 
 def _submit(client, tasks: dict[int, tuple[Task, str]]) -> dict:
-    """{future: entry index}, one Dask task per file, longest first (Dask runs higher priorities first): a class
-    ends with short tasks on every worker, not one worker grading a generation notebook while the others idle."""
+    """{future: entry index}: one Dask task per file, run in the order submitted (Dask's default). Students in
+    order, each student's files longest first: the costly generation grades are spread over the class (two at once
+    slow each other down: both read the model's 540 MB of weights at every step) and the class ends with short tasks
+    on every worker, not one worker still grading a notebook while the others idle."""
     from llmstudy.grader.cluster import grade_task
-    return {client.submit(grade_task, task, pure=False, priority=round(1000 * by_id(task.exercise).grading_cost),
+
+    students = {task.student: n for n, (task, _) in enumerate(tasks.values())}      # each student's last position
+
+    def order(item) -> tuple:
+        task = item[1][0]
+        return students[task.student], -by_id(task.exercise).grading_cost
+    return {client.submit(grade_task, task, pure=False,
                           key=f"llmstudy-grade-{task.exercise}-{i}-{os.urandom(4).hex()}"): i
-            for i, (task, _) in tasks.items()}
+            for i, (task, _) in sorted(tasks.items(), key=order)}
 
 
 def _run(client, tasks: dict[int, tuple[Task, str]]):

@@ -146,20 +146,24 @@ def test_records_made_here_take_their_points_from_the_workers_records(tmp_path, 
     assert json.loads(journal.read_text().splitlines()[-1])["result"]["max_score"] == want
 
 
-def test_the_class_is_handed_out_longest_first():
-    """Dask runs higher priorities first: the costliest exercise to grade (generation) before all others, so that no
-    worker is still grading one while the others idle at the end of a class; each file is its own task."""
+def test_each_students_files_are_handed_out_longest_first():
+    """Dask runs tasks in the order submitted: students in order, each one's generation notebook (by far the costliest
+    grade) first, so the class ends with short tasks; each file is its own task."""
     submitted = []
 
     class Recorder:                                   # stands in for a Dask client
-        def submit(self, fn, task, pure, priority, key):
-            submitted.append((priority, task.exercise, key))
+        def submit(self, fn, task, pure, key):
+            submitted.append((task.student, task.exercise, key))
             return key
 
-    tasks = {i: (batch.Task("ana", ex.id, ex.notebook, b"", "setup"), "") for i, ex in enumerate(batch.EXERCISES)}
+    tasks = {i: (batch.Task(student, ex.id, ex.notebook, b"", "setup"), "")
+             for i, (student, ex) in enumerate((s, ex) for s in ("ana", "bo") for ex in batch.EXERCISES)}
     futures = batch._submit(Recorder(), tasks)
     assert sorted(futures.values()) == list(tasks) and len({key for _, _, key in submitted}) == len(tasks)
-    assert max(submitted)[1] == "generation" and len({p for p, _, _ in submitted}) == len(tasks)
+    n = len(batch.EXERCISES)
+    assert [s for s, _, _ in submitted] == ["ana"] * n + ["bo"] * n
+    assert submitted[0][1] == submitted[n][1] == "generation"
+    assert submitted[-1][1] == min(batch.EXERCISES, key=lambda ex: ex.grading_cost).id
 
 
 @pytest.fixture
