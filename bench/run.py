@@ -1,6 +1,6 @@
 """Benchmark: seconds per submission, `llmstudy grade` against plain `nbgrader autograde`, on the same notebooks.
 
-    .venv/bin/python bench/run.py --students 8 [--workers N] [--nbgrader-students K] [--keep DIR]
+    .venv/bin/python bench/run.py --students 8 [--workers N] [--nbgrader-students K] [--repeat R] [--keep DIR]
 
 1. `llmstudy nbgrader init` builds the course, `nbgrader generate_assignment` the student release;
 2. bench/generate_class.py writes a deterministic class (correct / buggy / stub notebooks);
@@ -10,6 +10,9 @@
    c. `nbgrader autograde week1` on a copy of COURSE  (one kernel per notebook, one notebook at a time)
 4. checks that (b) and (c) give every student the same score (they run the same hidden tests), and writes
    bench/results/<date>-<host>.json and .md.
+
+--repeat R runs (a) and (b) R times and reports the median, with the fastest and slowest: on a shared 2-core VM one
+run of a 20 s class varies by +-3 s. (c) runs once (minutes, and its spread is a smaller share of its time).
 
 A submission is one student's assignment: one notebook per exercise. --nbgrader-students K times nbgrader on the
 first K students only (its cost per notebook doesn't depend on the class size: every notebook gets a fresh kernel).
@@ -24,6 +27,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +92,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--nbgrader-students", type=int, default=None, help="time nbgrader on the first K only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="run llmstudy's commands R times; report the median")
     parser.add_argument("--keep", default=None, help="work in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--allow-unsandboxed", action="store_true", help="pass through to llmstudy grade")
@@ -119,20 +124,23 @@ def main() -> None:
             mix[entry["variant"]] = mix.get(entry["variant"], 0) + 1
     print(f"class: {args.students} students x {len(exercises)} notebooks ({mix})")
 
-    timings = {}
+    timings, spread = {}, {}
     load_before = os.getloadavg()
-    print(f"a. llmstudy grade ({args.workers} workers) ...")
-    timings["llmstudy grade"] = run(
-        [llmstudy, "grade", str(klass), "--out", str(work / "llmstudy.json"), "--workers", str(args.workers),
-         "--device", "cpu", *extra], log=work / "llmstudy.log")
-    print(f"b. llmstudy grade --nbgrader ({args.workers} workers) ...")
-    timings["llmstudy grade --nbgrader"] = run(
-        [llmstudy, "grade", "--nbgrader", str(course), "--assignment", ASSIGNMENT, "--out",
-         str(work / "llmstudy-nbgrader.json"), "--workers", str(args.workers), "--device", "cpu", *extra],
-        log=work / "llmstudy-nbgrader.log")
+    commands = {
+        "llmstudy grade": [llmstudy, "grade", str(klass), "--out", str(work / "llmstudy.json"),
+                           "--workers", str(args.workers), "--device", "cpu", *extra],
+        "llmstudy grade --nbgrader": [llmstudy, "grade", "--nbgrader", str(course), "--assignment", ASSIGNMENT,
+                                      "--out", str(work / "llmstudy-nbgrader.json"), "--workers", str(args.workers),
+                                      "--device", "cpu", *extra]}
+    for letter, (name, cmd) in zip("ab", commands.items()):
+        print(f"{letter}. {name} ({args.workers} workers, {args.repeat} run(s)) ...")
+        log = work / ("llmstudy-nbgrader.log" if "--nbgrader" in name else "llmstudy.log")
+        times = sorted(run(cmd, log=log) for _ in range(args.repeat))
+        timings[name], spread[name] = statistics.median(times), (times[0], times[-1])
     print(f"c. nbgrader autograde ({k} students, sequential) ...")
     timings["nbgrader autograde"] = run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT, "--force"],
                                         cwd=plain, log=work / "nbgrader.log")
+    spread["nbgrader autograde"] = (timings["nbgrader autograde"],) * 2
 
     ours, theirs = exported_scores(course), exported_scores(plain)
     disagree = {s: (ours[s], theirs[s]) for s in theirs if abs(ours[s] - theirs[s]) > 1e-6}
@@ -146,6 +154,8 @@ def main() -> None:
         "exercises": [e.id for e in exercises], "variants": mix,
         "runs": {name: {"submissions": submissions[name], "notebooks": submissions[name] * len(exercises),
                         "seconds": round(timings[name], 2),
+                        "seconds_min_max": [round(t, 2) for t in spread[name]], "repeats": args.repeat
+                        if name != "nbgrader autograde" else 1,
                         "seconds_per_submission": round(per_submission[name], 3),
                         "seconds_per_notebook": round(per_submission[name] / len(exercises), 3),
                         "speedup_vs_nbgrader": round(baseline / per_submission[name], 1)}
@@ -174,10 +184,13 @@ def markdown(r: dict) -> str:
              f"variants {r['variants']}; seed {r['seed']}. llmstudy ran {r['workers']} workers; nbgrader runs one "
              f"notebook at a time. Load average (1 min) {r['load_average_1min']['before']} before, "
              f"{r['load_average_1min']['after']} after.", "",
-             "| command | submissions | wall s | s / submission | s / notebook | vs nbgrader |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| command | submissions | wall s (median) | fastest-slowest | s / submission | s / notebook | "
+             "vs nbgrader |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, run_ in r["runs"].items():
+        low, high = run_.get("seconds_min_max", (run_["seconds"],) * 2)
         lines.append(f"| `{name}` | {run_['submissions']} | {run_['seconds']:.1f} | "
+                     f"{low:.1f}-{high:.1f} ({run_.get('repeats', 1)} runs) | "
                      f"{run_['seconds_per_submission']:.2f} | {run_['seconds_per_notebook']:.2f} | "
                      f"{run_['speedup_vs_nbgrader']:.1f}x |")
     agree = r["scores_agree"]
