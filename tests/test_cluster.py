@@ -263,10 +263,12 @@ def test_a_bad_scheduler_address_is_one_line_saying_what_to_fix(tmp_path):
     assert run.exit_code == 1 and "drop one of the two" in run.output
 
 
-def test_an_unreachable_scheduler_is_one_line_saying_what_to_fix(tmp_path):
+def test_an_unreachable_scheduler_is_one_line_saying_what_to_fix(tmp_path, monkeypatch):
     import socket
 
     from llmstudy.cli import main
+    from llmstudy.grader import cluster
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "1s")     # the message, not the wait, is under test
     with socket.socket() as probe:                    # a port nobody listens on: bound, never listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
