@@ -248,7 +248,7 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
 
 def _read_entry(student, ex_id, path, setup) -> tuple[ExerciseResult | None, Task | None, str]:
     """(the record, if no worker is needed; else the task; and the file's sha256). A record made here has no max
-    score yet (NaN): _with_max_scores gives it one."""
+    score yet (NaN): _scored gives it one."""
     from llmstudy.grader.extract import SubmissionError
     if path is None:
         ex = by_id(ex_id)

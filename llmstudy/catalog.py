@@ -35,7 +35,7 @@ class Exercise:
     title: str
     functions: tuple[str, ...]    # the learner-facing API, in notebook order
     # Core-seconds to grade a correct submission cold, sandboxed (bench/exercise_costs.py, 2-core VM). Only orders a
-    # class's tasks, longest first, so that no worker is left with a long task while the others idle at the end.
+    # class's tasks: each student's files longest first, so the class ends with short tasks (grader.batch._submit).
     grading_cost: float
 
     @property
