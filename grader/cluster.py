@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import logging
 import math
+import os
 import queue
 import tempfile
 import threading
@@ -180,7 +181,14 @@ class SandboxStarter:
             self.options["preload"] = s.preload
 
     def start(self, wait: bool = False):
+        """A SandboxWorker on a zygote started ahead for this worker (grader/sandbox/launch.py), else a new one."""
         from llmstudy.grader.sandbox import SandboxWorker
+        from llmstudy.grader.sandbox.launch import claim
+        if (zygote := claim()) is not None:
+            try:
+                return SandboxWorker(**self.options, wait=wait, zygote=zygote)
+            except OSError:              # the template had gone: start our own
+                zygote.control.close()
         return SandboxWorker(**self.options, wait=wait)
 
 
@@ -275,14 +283,21 @@ def connect(scheduler: str | None, workers: int = 1):
     from distributed import Client, LocalCluster
 
     if scheduler is None:
+        from llmstudy.grader.sandbox.launch import TEMPLATE_ENV
+
         config = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
-        if _forked_workers():
+        forked = _forked_workers()
+        if forked:
             config["distributed.worker.multiprocessing-method"] = "forkserver"
-        with dask.config.set(config):
-            # memory_limit=0: the sandbox limits learner code; a per-worker share of RAM would only get a worker
-            # holding torch and the models restarted by its nanny on a machine with many cores.
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
+            os.environ[TEMPLATE_ENV] = "1"              # the forkserver starts its workers' zygote template first
+        try:
+            with dask.config.set(config):
+                # memory_limit=0: the sandbox limits learner code; a per-worker share of RAM would only get a worker
+                # holding torch and the models restarted by its nanny on a machine with many cores.
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+                                       dashboard_address=None, silence_logs=logging.ERROR)
+        finally:
+            os.environ.pop(TEMPLATE_ENV, None)          # read once, by the forkserver this process starts
         return Client(cluster), cluster
     check_address(scheduler)
     try:

@@ -108,11 +108,19 @@ class ModelServer:
         return {k: v for k, v in config.items() if type(v) in plain
                 or (type(v) is list and all(type(x) in plain for x in v) and len(v) < 64)}
 
-    def forward(self, name: str, input_ids, past: int | None = None, copy: bool = True) -> tuple[torch.Tensor, int]:
+    def forward(self, name: str, input_ids, past: int | None = None) -> tuple[torch.Tensor, int]:
         """logits float32 [B, L_in, V] on the CPU for the positions of input_ids, and a handle for the sequence so far
-        ([B, L_past + L_in]). A returned tensor is the caller's own: later calls never change it. With copy=False it
-        is a view into the cache, valid until the next call: for a caller that copies it at once anyway (the sandbox
-        client writes it into shared memory), which saves a copy of every served logit."""
+        ([B, L_past + L_in]). A returned tensor is the caller's own: later calls never change it."""
+        unique, rows, handle = self.forward_rows(name, input_ids, past)
+        return (unique if rows is None else unique[rows]), handle
+
+    def forward_rows(self, name: str, input_ids, past: int | None = None, out=None) \
+            -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """forward() with identical rows answered once: (logits [U, L_in, V] of the distinct rows, rows LongTensor
+        [B] (row b's logits are logits[rows[b]]; None when no row repeats, and then U = B), handle). out(shape) -> an
+        empty float32 tensor to write the logits into (default torch.empty): the sandbox client passes one over
+        shared memory. A frequency test's 128 copies of one prompt then cross as one row, and the learner's process
+        expands them itself (writing 100 MB into fresh shared memory costs ~0.1 s here, four times the expansion)."""
         import time
         model, _ = self._model(name)
         ids = self._check_ids(input_ids, model.config.vocab_size)
@@ -133,15 +141,17 @@ class ModelServer:
             raise ModelRequestError(f"a call for {ids.shape[0]} x {ids.shape[1]} positions returns over "
                                     f"{MAX_LOGITS_BYTES >> 20} MB of logits; call the model on fewer rows")
         start = time.perf_counter()
-        # Identical rows (a prompt repeated for a frequency test) are computed once: [U, L] unique rows.
-        unique, inverse = torch.unique(full, dim=0, return_inverse=True)
-        logits = self._logits(name, model, unique)[inverse] if unique.shape[0] < full.shape[0] \
-            else self._logits(name, model, full)                            # [B, L_full, V]
+        unique, inverse = torch.unique(full, dim=0, return_inverse=True)   # [U, L_full], [B]
+        repeated = unique.shape[0] < full.shape[0]
+        logits = self._logits(name, model, unique if repeated else full)   # [U, L_full, V], the cache's own
+        served = logits[:, full.shape[1] - ids.shape[1]:]                   # [U, L_in, V]
+        result = (out or torch.empty)(tuple(served.shape))
+        with torch.no_grad():
+            result.copy_(served)
         self.stats.forward_seconds += time.perf_counter() - start
         self.stats.calls += 1
         self.stats.positions_served += ids.numel()
-        served = logits[:, full.shape[1] - ids.shape[1]:]
-        return served.clone() if copy else served, self._handle(full)
+        return result, (inverse if repeated else None), self._handle(full)
 
     def logits(self, name: str, input_ids) -> torch.Tensor:
         """The grader's own use: logits [B, L, V] for ids, from the same cache the learner's calls filled."""

@@ -321,3 +321,60 @@ def test_model_file_outside_the_python_install_is_bound(tmp_path):
     import json
     (record,) = [e for e in json.loads(out.read_text())["submissions"][0]["exercises"] if e["status"] != "missing"]
     assert (record["status"], record["score"]) == ("graded", record["max_score"]), record["message"]
+
+
+def test_identical_rows_cross_once_and_each_row_is_the_learners_own(worker):
+    """A frequency test's copies of one prompt: the grader answers one row and the child expands it
+    (ModelServer.forward_rows); every row still holds the model's logits, and writing one changes no other."""
+    import torch
+
+    from llmstudy import models
+    from llmstudy.grader.codec import ModelRef
+    probe = PROBES + textwrap.dedent('''
+        def generate(model, input_ids, max_new_tokens, **kwargs):
+            logits = model(input_ids).logits              # [B, L, V]
+            logits[0].zero_()                             # the learner scribbles on row 0
+            return logits[:, -1, :]
+    ''')
+    ids = torch.tensor([models.load("smollm2", "cpu")[1]("He bought a")["input_ids"]]).repeat(8, 1)   # [8, L]
+    with worker.open("generation", probe, "probes.py") as s:
+        last = s.harness("generate_with_model", ModelRef("smollm2"), ids, 1)                 # [8, V]
+        assert s.server.stats.positions_computed == ids.shape[1]                           # one row computed
+        want = s.server.logits("smollm2", ids[:1])[0, -1]                                  # [V]
+    assert last.shape == (8, want.shape[0])
+    assert float(last[0].abs().max()) == 0
+    assert all(torch.equal(row, want) for row in last[1:])
+
+
+def test_zygotes_forked_from_a_template_are_each_their_workers(monkeypatch):
+    """What a LocalCluster's forkserver does for its workers (grader/sandbox/launch.py): one template imports once,
+    each claim forks a zygote from it. Two claims: two zygotes, each with its own pid, uid and children, each gone
+    once its worker closes it; the template ends when the last holder of its request socket closes it."""
+    from llmstudy.grader.sandbox import launch
+    monkeypatch.setattr(launch, "_template", None)
+    monkeypatch.setattr(launch, "_requests", None)
+    assert launch.claim() is None                                  # no template: the worker launches its own
+    launch.start_template()
+    template = launch._template
+    try:
+        workers = [SandboxWorker(preload=(), limits=Limits(call_timeout=10, budget=60), zygote=launch.claim())
+                   for _ in range(2)]
+        infos = [w.wait_ready() for w in workers]
+        pids = {info["pid"] for info in infos}
+        assert len(pids) == 2 and template.pid not in pids and os.getpid() not in pids
+        for w in workers:
+            with w.open("positional_encoding", PROBES, "probes.py") as s:
+                assert (s.count(), s.count()) == (1, 2)
+                if w.sandboxed:
+                    assert s.identity()["uid"] == w.info["uid"] == UID_BASE + w.info["pid"]
+        for w in workers:
+            assert w.alive()
+            w.close()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "a closed zygote is still running"
+    finally:
+        launch._requests.close()
+        template.proc.wait(timeout=10)
+    assert template.proc.returncode == 0

@@ -108,6 +108,8 @@ class _Channel:
         os.close(fds[0])
         logits = torch.frombuffer(memory, dtype=torch.float32, count=_prod(shape)).view(shape) if _prod(shape) \
             else torch.empty(shape)
+        if "rows" in header:             # identical rows crossed once: [U, L, V] -> [B, L, V], each row its own
+            logits = logits[torch.tensor(header["rows"], dtype=torch.long)]
         return logits, int(header["handle"])
 
     def info(self, name: str) -> dict:

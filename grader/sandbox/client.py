@@ -18,11 +18,10 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,29 +30,15 @@ from typing import Any
 from llmstudy.grader import codec
 from llmstudy.grader.model_server import ModelRequestError, ModelServer
 from llmstudy.grader.sandbox.isolation import Limits, mounted_views
+from llmstudy.grader.sandbox.launch import TOKENIZERS, Zygote, at_eof, launch, loadable
 from llmstudy.grader.sandbox.protocol import ProtocolError, recv_frame, send_frame
 from llmstudy.grader.submission import LearnerError, Raised, Submission, SubmissionTimeout
 
 QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.<>]{0,200}")
-TOKENIZERS = ("smollm2", "minilm")
 
 
 class SandboxBroken(RuntimeError):
     """Our side failed (zygote died, sandbox setup failed): an internal error, not the learner's."""
-
-
-
-def _zygote_env() -> dict[str, str]:
-    """Only what Python and the model loader need; instructor secrets (tokens, keys) never reach learner code."""
-    from llmstudy import models
-    keep = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME", "TMPDIR",
-            "VIRTUAL_ENV", "PYTHONPATH")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
-               PYTORCH_NVML_BASED_CUDA_CHECK="1", **{models.CACHE_ENV: str(models.cache_dir())})
-    return env
-
 
 
 
@@ -62,24 +47,21 @@ class SandboxWorker:
 
     def __init__(self, device: str = "cpu", sandboxed: bool = True, limits: Limits = Limits(),
                  tokenizers: tuple[str, ...] = TOKENIZERS, hide: tuple[str, ...] = (),
-                 start_timeout: float = 900.0, wait: bool = True, preload: tuple[str, ...] | None = None):
-        """Start the zygote; with wait=False return at once (it starts in the background until first used).
-        `preload` is accepted for old callers and ignored: the zygote holds no models any more."""
+                 start_timeout: float = 900.0, wait: bool = True, preload: tuple[str, ...] | None = None,
+                 zygote: Zygote | None = None):
+        """Start the zygote, or configure `zygote` (one started ahead, grader/sandbox/launch.py); with wait=False
+        return at once (it starts in the background until first used). `preload` is accepted for old callers and
+        ignored: the zygote holds no models any more. Raises OSError if a given zygote is gone."""
         from llmstudy import models
         self.device, self.sandboxed, self.limits = device, sandboxed, limits
         if "smollm2" in tokenizers and not models.smollm2_cache_built() and \
                 any(i.name == "smollm2" and i.files for i in models.available()):
             models.load("smollm2", "cpu")    # builds the fp32 cache once per machine: its tokenizer is bound below
-        tokenizers = tuple(t for t in tokenizers if t != "smollm2" or models.smollm2_cache_built())
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._log = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([sys.executable, "-m", "llmstudy.grader.sandbox.zygote", str(theirs.fileno())],
-                                      pass_fds=[theirs.fileno()], env=_zygote_env(), cwd="/",
-                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
-        theirs.close()
-        self._control = ours
+        tokenizers = loadable(tokenizers)
+        zygote = zygote or launch(tokenizers)
+        self._proc, self._log, self._control = zygote.proc, zygote.log, zygote.control
         config = {"device": device, "sandboxed": sandboxed, "limits": asdict(limits), "tokenizers": list(tokenizers),
-                  "parent": os.getpid(), "views": mounted_views(device, tuple(hide)) if sandboxed else None}
+                  "parent": zygote.parent, "views": mounted_views(device, tuple(hide)) if sandboxed else None}
         send_frame(self._control, {"op": "config", **config})
         self._start_timeout = start_timeout
         self.info: dict | None = None
@@ -116,6 +98,8 @@ class SandboxWorker:
         return f": {text}" if text else ""
 
     def alive(self) -> bool:
+        if self._proc is None:               # started by another process: alive while it keeps its channel open
+            return not at_eof(self._control)
         return self._proc.poll() is None
 
     def open(self, exercise: str, source: str, filename: str) -> "SandboxSubmission":
@@ -147,6 +131,9 @@ class SandboxWorker:
         return self._request({"op": "kill", "pid": pid})["status"]
 
     def close(self) -> None:
+        if self._proc is None:
+            self._close_adopted()
+            return
         try:
             self._control.close()
             self._proc.wait(timeout=10)
@@ -154,6 +141,23 @@ class SandboxWorker:
             self._proc.kill()
             self._proc.wait()
         self._log.close()
+
+    def _close_adopted(self) -> None:
+        """A zygote this process did not start (forked by a template, grader/sandbox/launch.py) can't be waited
+        for: tell it we are done and wait until it has closed its end (it reaps its children first)."""
+        try:
+            self._control.shutdown(socket.SHUT_WR)
+            self._control.settimeout(10)
+            while self._control.recv(1 << 16):
+                pass
+        except OSError:                      # stuck: it is ours to stop
+            pid = (self.info or {}).get("pid")
+            if type(pid) is int:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self._control.close()
 
     def __enter__(self):
         return self
@@ -318,24 +322,30 @@ class SandboxSubmission(Submission):
         what, name, past = header.get("what"), header.get("name"), header.get("past")
         if type(name) is not str or (past is not None and type(past) is not int) or what not in ("forward", "info"):
             raise ProtocolError("a malformed model call")
-        try:
-            if what == "info":
+        if what == "info":
+            try:
                 send_frame(sock, {"op": "model_reply", "ok": True}, codec.encode(self.server.info(name)))
-                return
+            except ModelRequestError as exc:
+                send_frame(sock, {"op": "model_reply", "ok": False, "message": str(exc)})
+            return
+        shared = _SharedTensor()
+        try:
             try:
                 ids = codec.decode(blob, allow=frozenset({"tensor"}))
             except codec.UnsupportedValue as exc:
                 raise ModelRequestError(f"input_ids could not be read: {exc}") from None
-            logits, handle = self.server.forward(name, ids, past, copy=False)  # [B, L, V] float32, CPU; a view
+            logits, rows, handle = self.server.forward_rows(name, ids, past, out=shared.allocate)  # [U, L, V]
+            reply = {"op": "model_reply", "ok": True, "shape": list(logits.shape), "handle": handle}
+            if rows is not None:
+                reply["rows"] = rows.tolist()             # row b is logits[rows[b]]: the child expands them
+            del logits                   # the mapping closes only once no tensor over it is left
+            shared.unmap()
+            send_frame(sock, reply, fds=[shared.fd])
         except ModelRequestError as exc:
             send_frame(sock, {"op": "model_reply", "ok": False, "message": str(exc)})
-            return
-        fd = _shared_copy(logits)
-        try:
-            send_frame(sock, {"op": "model_reply", "ok": True, "shape": list(logits.shape), "handle": handle},
-                       fds=[fd])
         finally:
-            os.close(fd)
+            shared.unmap()
+            os.close(shared.fd)
 
     def _stop(self) -> str:
         child, self._child = self._child, None
@@ -358,6 +368,34 @@ class SandboxSubmission(Submission):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _SharedTensor:
+    """A memfd the child maps to read a tensor without a copy through the socket: allocate(shape) gives a float32
+    tensor over it to write into, unmap() releases this side's mapping (the fd stays open to be sent)."""
+
+    def __init__(self):
+        self.fd = os.memfd_create("llmstudy-tensor")
+        self._memory = None
+
+    def allocate(self, shape):
+        import torch
+        count = 1
+        for n in shape:
+            count *= n
+        os.ftruncate(self.fd, max(4 * count, 1))
+        if not count:
+            return torch.empty(shape)
+        self._memory = mmap.mmap(self.fd, 4 * count)
+        return torch.frombuffer(self._memory, dtype=torch.float32, count=count).view(shape)
+
+    def unmap(self) -> None:
+        if self._memory is not None:
+            try:
+                self._memory.close()
+                self._memory = None
+            except BufferError:    # a tensor over it is still referenced (an exception's frame): freed with it
+                pass
 
 
 def _shared_copy(t) -> int:

@@ -4,7 +4,10 @@ Started by the trusted client (grader/sandbox/client.py) with a minimal environm
 and the tokenizers once, so that a child starts in milliseconds and shares them copy-on-write. It holds no model
 weights, no grader code beyond the child's serve loop, and never `solutions` or `grader.tests`; it never runs learner
 code itself. Control frames (grader/sandbox/protocol.py): {"op": "config"} once, then "ping", "spawn" (with the
-child's socket and output pipe as descriptors) and "kill".
+child's socket and output pipe as descriptors) and "kill". It imports before its config comes (`... FD TOKENIZERS`
+names the tokenizers to load then). `--template` starts a process that imports once and forks zygotes on request
+(template() below): started ahead of a LocalCluster's workers, it has them ready when the workers are
+(grader/sandbox/launch.py).
 """
 from __future__ import annotations
 
@@ -32,15 +35,23 @@ def _describe_status(status: int) -> str:
     return f"exit code {os.WEXITSTATUS(status)}"
 
 
-def main(control_fd: int) -> None:
+def main(control_fd: int, tokenizers: tuple[str, ...] = ()) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     control = socket.socket(fileno=control_fd)
-    config, _, _ = recv_frame(control)
     if sys.platform.startswith("linux"):
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGTERM)   # the trusted process died: stop, and so do children
-        if os.getppid() != config["parent"]:
-            sys.exit(0)
+    parent = os.getppid()            # after the prctl: a parent that died before it shows up as another process here
+    problem = None
     try:
+        _import(tokenizers)          # before the config: a zygote started ahead of its worker imports meanwhile
+    except Exception as exc:  # noqa: BLE001 - reported once the config has come
+        problem = exc
+    config, _, _ = recv_frame(control)
+    if sys.platform.startswith("linux") and parent != config["parent"]:
+        sys.exit(0)
+    try:
+        if problem is not None:
+            raise problem
         _preload(config)
     except Exception as exc:  # noqa: BLE001 - reported to the trusted side, which stops
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
@@ -82,15 +93,65 @@ def main(control_fd: int) -> None:
         os.rmdir(stage)
 
 
-def _preload(config: dict) -> None:
+def template(requests_fd: int, tokenizers: tuple[str, ...]) -> None:
+    """`zygote --template FD TOKENIZERS`: import once, then fork a zygote for each control socket that arrives on
+    the SOCK_SEQPACKET socket FD (one descriptor per message; grader/sandbox/launch.py sends them). A forked zygote
+    runs main() as if just started, with everything imported; its parent is this process. Ends when every sender
+    has closed FD, or with its own parent (PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if sys.platform.startswith("linux"):
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGTERM)
+    requests = socket.socket(fileno=requests_fd)
+    _import(tokenizers)              # an error ends the template: each worker then starts its own zygote
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)        # forked zygotes are reaped by the kernel
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(requests, 64, 1)
+        except InterruptedError:
+            continue
+        if not message and not fds:
+            return
+        for fd in fds:
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)    # a zygote waits for its own children
+                requests.close()
+                code = 0
+                try:
+                    main(fd)
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 0
+                except BaseException:  # noqa: BLE001 - printed to the log the trusted side shows
+                    import traceback
+                    traceback.print_exc()
+                    code = 1
+                sys.stderr.flush()
+                os._exit(code)
+            os.close(fd)
+
+
+_imported = False
+
+
+def _import(tokenizers: tuple[str, ...]) -> None:
     """Import what children need before forking; load tokenizers (no weights). CUDA is not touched here: a forked
-    child can't use a parent's CUDA context."""
+    child can't use a parent's CUDA context. A zygote forked from a template finds this done."""
+    global _imported
     import torch
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    if not _imported:
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        _imported = True
     import transformers  # noqa: F401
 
     from llmstudy.grader.sandbox import child  # noqa: F401
+    from llmstudy import models
+    for name in tokenizers:
+        models.load_tokenizer(name)
+
+
+def _preload(config: dict) -> None:
+    """After _import: the config's tokenizers too (each loads once: models.load_tokenizer is cached)."""
     from llmstudy import models
     for name in config["tokenizers"]:
         models.load_tokenizer(name)
@@ -139,7 +200,10 @@ def _spawn(config: dict, stage: str, own_pid_ns: int, sock_fd: int, out_fd: int,
 if __name__ == "__main__":
     code = 0
     try:
-        main(int(sys.argv[1]))
+        args = sys.argv[1:]
+        run = template if args[:1] == ["--template"] else main
+        args = args[1:] if run is template else args
+        run(int(args[0]), tuple(t for t in args[1].split(",") if t) if len(args) > 1 else ())
     except SystemExit as exc:            # SIGTERM (the trusted side's owner thread ended): children already reaped
         code = exc.code if isinstance(exc.code, int) else 0
     except BaseException:  # noqa: BLE001 - printed to the log the trusted side shows
