@@ -3,6 +3,8 @@
 One file per process, so the file name says how far its code is trusted:
   client.py     trusted grader: SandboxWorker, SandboxSubmission; computes every verdict and serves model calls
                 from the grader's own copy of the model (grader/model_server.py). Never runs learner code.
+  launch.py     trusted: starts zygotes, or (in a LocalCluster's forkserver) one zygote template that forks its
+                workers' zygotes on request. No torch.
   zygote.py     `python -m llmstudy.grader.sandbox.zygote`: imports torch, transformers and the tokenizers, forks children.
                 Holds no model weights and no grader code beyond the child's serve loop; never runs learner code.
   child.py      one per submission (and a fresh one after each timeout or crash): runs the learner's code and
