@@ -4,10 +4,10 @@ Imported once by the process that a LocalCluster's grading workers are forked fr
 set up by grader.cluster.connect), so N workers on one machine pay these imports (~3 core-s: torch, transformers'
 model and loading modules, pytest, the graders' helpers and the references) once instead of N times; a remote
 `dask worker` imports them itself when GradingSetup starts (grader.cluster). Before importing, the forkserver starts
-a template for its workers' sandbox zygotes (grader/sandbox/launch.py), which imports beside it. Otherwise importing is all it
-does: no model, no thread, no CUDA. A process forked after CUDA's driver was initialised can't use CUDA, so should
-anything here ask whether a GPU exists, torch asks NVML instead (PYTORCH_NVML_BASED_CUDA_CHECK), which initialises
-nothing.
+a template for its workers' sandbox zygotes (grader/sandbox/launch.py), which imports beside it. Otherwise
+importing is all it does: no model, no thread, no CUDA. A process forked after CUDA's driver was initialised can't
+use CUDA, so should anything here ask whether a GPU exists, torch asks NVML instead (PYTORCH_NVML_BASED_CUDA_CHECK),
+which initialises nothing.
 """
 import importlib
 import os

@@ -371,23 +371,25 @@ class SandboxSubmission(Submission):
 
 
 class _SharedTensor:
-    """A memfd the child maps to read a tensor without a copy through the socket: allocate(shape) gives a float32
-    tensor over it to write into, unmap() releases this side's mapping (the fd stays open to be sent)."""
+    """A memfd the child maps to read a tensor without a copy through the socket: allocate(shape) gives a tensor
+    over it to write into, unmap() releases this side's mapping (the fd stays open to be sent)."""
 
     def __init__(self):
         self.fd = os.memfd_create("llmstudy-tensor")
         self._memory = None
 
-    def allocate(self, shape):
+    def allocate(self, shape, dtype=None):
         import torch
+        dtype = dtype or torch.float32
         count = 1
         for n in shape:
             count *= n
-        os.ftruncate(self.fd, max(4 * count, 1))
+        size = count * torch.empty((), dtype=dtype).element_size()
+        os.ftruncate(self.fd, max(size, 1))
         if not count:
-            return torch.empty(shape)
-        self._memory = mmap.mmap(self.fd, 4 * count)
-        return torch.frombuffer(self._memory, dtype=torch.float32, count=count).view(shape)
+            return torch.empty(shape, dtype=dtype)
+        self._memory = mmap.mmap(self.fd, size)
+        return torch.frombuffer(self._memory, dtype=dtype, count=count).view(shape)
 
     def unmap(self) -> None:
         if self._memory is not None:
@@ -401,17 +403,13 @@ class _SharedTensor:
 def _shared_copy(t) -> int:
     """A memfd holding t's bytes (the child maps it: no copy through the socket)."""
     import torch
-    size = t.numel() * t.element_size()
-    fd = os.memfd_create("llmstudy-tensor")
-    os.ftruncate(fd, max(size, 1))
-    if size:
-        memory = mmap.mmap(fd, size)
-        view = torch.frombuffer(memory, dtype=t.dtype, count=t.numel()).view(t.shape)
-        with torch.no_grad():
-            view.copy_(t)                # one pass, whatever t's strides (a slice of the cache is not contiguous)
-        del view                         # the buffer must be released before the mapping can close
-        memory.close()
-    return fd
+    shared = _SharedTensor()
+    view = shared.allocate(tuple(t.shape), t.dtype)
+    with torch.no_grad():
+        view.copy_(t)                    # one pass, whatever t's strides
+    del view                             # the buffer must be released before the mapping can close
+    shared.unmap()
+    return shared.fd
 
 
 def _changed(before, fd: int) -> bool:

@@ -61,10 +61,15 @@ def zygote_env() -> dict[str, str]:
 
 def launch(tokenizers: tuple[str, ...]) -> Zygote:
     """A new zygote, which imports and loads `tokenizers` at once, then waits for its config."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return _start([], socket.SOCK_STREAM, tokenizers)
+
+
+def _start(mode: list[str], kind: int, tokenizers: tuple[str, ...]) -> Zygote:
+    """`python -m llmstudy.grader.sandbox.zygote [MODE] FD TOKENIZERS`, FD its end of a new socket pair of `kind`."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
     log = tempfile.TemporaryFile()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "llmstudy.grader.sandbox.zygote", str(theirs.fileno()),
+        proc = subprocess.Popen([sys.executable, "-m", "llmstudy.grader.sandbox.zygote", *mode, str(theirs.fileno()),
                                  ",".join(tokenizers)], pass_fds=[theirs.fileno()], env=zygote_env(), cwd="/",
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     except BaseException:
@@ -91,19 +96,11 @@ def start_template() -> None:
     global _template, _requests
     if _template is not None:
         return
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    log = tempfile.TemporaryFile()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "llmstudy.grader.sandbox.zygote", "--template",
-                                 str(theirs.fileno()), ",".join(loadable(TOKENIZERS))], pass_fds=[theirs.fileno()],
-                                env=zygote_env(), cwd="/", stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        _template = _start(["--template"], socket.SOCK_SEQPACKET, loadable(TOKENIZERS))
     except OSError:                              # out of processes or memory: each worker starts its own zygote
-        ours.close()
-        log.close()
         return
-    finally:
-        theirs.close()
-    _template, _requests = Zygote(proc.pid, os.getpid(), ours, log, proc), ours
+    _requests = _template.control
 
 
 def claim() -> Zygote | None:
