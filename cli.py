@@ -294,7 +294,8 @@ def check(file, show_code, device):
               help="Keep the records in the journal beside --out (results.journal.jsonl) and grade only the rest.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
-              help="Seconds per call into a submission's code; a hang costs one test.")
+              help="CPU seconds per call into a submission's code (a call that sleeps or waits is cut at a few "
+                   "times this in wall time); a hang costs one test.")
 @click.option("--allow-unsandboxed", is_flag=True,
               help="Where isolation is unavailable (not root, not Linux), grade anyway with only separate "
                    "processes and rlimits.")

@@ -190,8 +190,8 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
     """Grade (student, exercise id, file or None) entries; students in entry order.
 
     workers: processes of the LocalCluster started here (default: one per core), or scheduler: the address of an
-    existing Dask cluster (tcp://HOST:8786). timeout: seconds per call into learner code; budget: seconds for all
-    of one submission's calls (default 10 x timeout); hide: more paths the learner's code must not see (the
+    existing Dask cluster (tcp://HOST:8786). timeout: CPU seconds per call into learner code; budget: wall seconds
+    for all of one submission's calls (default 10 x timeout); hide: more paths the learner's code must not see (the
     submissions' folders always are). journal: a JSON-lines file that gets each record as it arrives; resume:
     keep the records already in it and grade only what is missing."""
     warn = console.print if console is not None else print

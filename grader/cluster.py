@@ -46,8 +46,8 @@ class Settings:
     device: str = "cpu"                   # "auto" is resolved on each worker
     sandboxed: bool = True                # isolate learner code; a worker that can't fails its tasks...
     allow_unsandboxed: bool = False       # ...unless this allows it to grade without isolation
-    timeout: float = 20.0                 # per call into the learner's code
-    budget: float = 200.0                 # all calls of one submission together
+    timeout: float = 20.0                 # CPU seconds per call into the learner's code (Limits.call_timeout)
+    budget: float = 200.0                 # wall seconds for all calls of one submission together
     hide: tuple[str, ...] = ()            # more paths the learner's code must not see (outputs, course sources)
     preload: tuple[str, ...] = ("smollm2", "minilm")
 
@@ -243,10 +243,8 @@ def _grade_source(task: Task, source: str, worker, max_score: float) -> Exercise
     torch.set_num_threads(1)
     try:
         sub = worker.open(task.exercise, source, task.filename)
-    except SubmissionTimeout:
-        return _result(task, max_score, "timeout",
-                       f"importing your code took longer than {worker.limits.call_timeout:g} s; "
-                       "move long-running code out of top-level assignments")
+    except SubmissionTimeout as exc:
+        return _result(task, max_score, "timeout", f"{exc}; move long-running code out of top-level assignments")
     except LearnerError as exc:
         return _result(task, max_score, "error", str(exc))
     try:

@@ -5,8 +5,11 @@ what it saw, and the test checks it against what the sandbox promises (see grade
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +90,19 @@ PROBES = textwrap.dedent('''
     def hang():
         while True:
             pass
+
+
+    def spin(seconds):
+        """Use `seconds` of this process's CPU time, then return how much wall time that took."""
+        start, wall = time.process_time(), time.monotonic()
+        while time.process_time() - start < seconds:
+            pass
+        return time.monotonic() - wall
+
+
+    def nap(seconds):
+        time.sleep(seconds)
+        return seconds
 
 
     def write_garbage():
@@ -215,10 +231,40 @@ def test_a_timeout_costs_one_call_and_the_next_call_gets_a_fresh_child(sub):
     assert sub.count() == 1
     assert sub.count() == 2                       # same child: state persists between calls
     start = time.monotonic()
-    with pytest.raises(SubmissionTimeout, match="did not finish within 3 s"):
+    with pytest.raises(SubmissionTimeout, match="used 3 s of CPU time without finishing"):
         sub.hang()
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 3 * 3 + 1    # before the wall cap (wall_factor 3 x 3 s), + 1 s to stop it
     assert sub.count() == 1                       # a fresh child, re-imported
+    assert sub.timeouts == 1
+
+
+def test_a_call_starved_of_cpu_is_not_timed_out_by_the_wall_clock(sub):
+    """The limit counts the child's CPU time: stopped (no CPU) for longer than its 3 s, as on a busy machine or a
+    cold disk, an honest call still finishes, and it is cut only at the wall cap."""
+    assert sub.count() == 1                       # the child exists; its pid is the one to stop
+    pid = sub._child.pid
+    timer = threading.Timer(0.1, os.kill, (pid, signal.SIGSTOP))
+    resume = threading.Timer(0.1 + 4.0, os.kill, (pid, signal.SIGCONT))   # stopped 4 s: past the 3 s limit
+    timer.start(), resume.start()
+    try:
+        took = sub.spin(0.5)
+    finally:
+        timer.join(), resume.join()
+        os.kill(pid, signal.SIGCONT)
+    assert took > 4.0 and sub.timeouts == 0, (took, sub.timeouts)
+
+
+def test_a_call_that_sleeps_is_cut_at_the_wall_cap(worker, sub):
+    limits = worker.limits
+    worker.limits = dataclasses.replace(limits, call_timeout=0.5)      # a 1.5 s cap (wall_factor 3), to keep it quick
+    try:
+        start = time.monotonic()
+        with pytest.raises(SubmissionTimeout, match="did not finish within 1.5 s"):
+            sub.nap(60)
+        took = time.monotonic() - start
+    finally:
+        worker.limits = limits
+    assert 1.5 <= took < 1.5 + 1, took            # + 1 s to stop the child
     assert sub.timeouts == 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import select
 import signal
 import socket
 import struct
@@ -189,6 +190,18 @@ class _Child:
     sock: socket.socket
     output: _Drain
     status: str = field(default="")
+    _process: object = field(default=None, repr=False)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the child's process (all its threads) has used so far, or None where it can't be read."""
+        import psutil
+        try:
+            if self._process is None:
+                self._process = psutil.Process(self.pid)
+            times = self._process.cpu_times()
+        except (psutil.Error, OSError):
+            return None
+        return times.user + times.system
 
     def stop(self) -> str:
         if not self.status:
@@ -198,6 +211,41 @@ class _Child:
         return self.status
 
 
+
+
+class _CallClock:
+    """When one call into the child runs out of time: once the child's process has used `cpu_limit` seconds of CPU
+    since the call began, or at `wall_deadline` (monotonic), whichever comes first. CPU time, not wall time, so that
+    an honest call isn't timed out by other work on the machine (another worker's child, a cold page cache at
+    start-up); the wall deadline still bounds a call that sleeps, blocks, or keeps the model busy. Where the child's
+    CPU time can't be read, wall time stands in for it."""
+
+    def __init__(self, child: _Child, cpu_limit: float, wall_deadline: float):
+        self.child, self.cpu_limit, self.wall_deadline = child, cpu_limit, wall_deadline
+        self.start, self.cpu_start = time.monotonic(), child.cpu_seconds()
+        self.over_cpu = False
+
+    def _cpu_used(self, now: float) -> float:
+        current = self.child.cpu_seconds() if self.cpu_start is not None else None
+        return now - self.start if current is None else current - self.cpu_start
+
+    def wait_for(self, sock: socket.socket) -> None:
+        """Return once `sock` has something to read; TimeoutError when the call is out of time first."""
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        check = min(self.start + self.cpu_limit, self.wall_deadline)   # CPU time can't run ahead of wall time
+        while True:
+            left = check - time.monotonic()
+            if left > 0 and poller.poll(left * 1000):
+                return
+            now = time.monotonic()
+            if now >= self.wall_deadline:
+                raise TimeoutError
+            used = self._cpu_used(now)
+            if used >= self.cpu_limit:
+                self.over_cpu = True
+                raise TimeoutError
+            check = min(now + max(self.cpu_limit - used, 0.01), self.wall_deadline)
 
 
 class SandboxSubmission(Submission):
@@ -264,11 +312,14 @@ class SandboxSubmission(Submission):
     def _exchange(self, where: str, seq: int | None) -> tuple[str, Any]:
         """Serve the child's model calls until its answer to the last request; on timeout, death or a malformed frame
         stop it (the next call respawns). ("value", v) or ("raised", Raised)."""
-        limit = min(self.worker.limits.call_timeout, max(self.budget_left, 0.0))
+        limits = self.worker.limits
+        wall = min(limits.wall_factor * limits.call_timeout, max(self.budget_left, 0.0))
         start = time.monotonic()
+        clock = _CallClock(self._child, limits.call_timeout, start + wall)
         try:
             while True:
-                header, blob, fds = recv_frame(self._child.sock, deadline=start + limit)
+                clock.wait_for(self._child.sock)
+                header, blob, fds = recv_frame(self._child.sock, deadline=start + wall)
                 for fd in fds:           # a child has no reason to send descriptors
                     os.close(fd)
                 if header.get("seq") != seq:
@@ -282,10 +333,14 @@ class SandboxSubmission(Submission):
         except TimeoutError:
             self.timeouts += 1
             self._stop()
-            if limit < self.worker.limits.call_timeout:     # the budget, not the call's own limit, ran out
+            if clock.over_cpu:
+                raise SubmissionTimeout(f"{where} used {limits.call_timeout:g} s of CPU time without finishing "
+                                        "(an endless loop?)") from None
+            if wall < limits.wall_factor * limits.call_timeout:    # the budget, not the call's own limit, ran out
                 raise SubmissionTimeout(f"{where} did not finish before your code used up its total time of "
-                                        f"{self.worker.limits.budget:g} s (an endless loop?)") from None
-            raise SubmissionTimeout(f"{where} did not finish within {limit:g} s (an endless loop?)") from None
+                                        f"{limits.budget:g} s (an endless loop?)") from None
+            raise SubmissionTimeout(f"{where} did not finish within {wall:g} s (waiting on something, or an "
+                                    "endless loop?)") from None
         except (EOFError, OSError, ProtocolError, struct.error) as exc:
             self.deaths += 1
             status = self._stop()

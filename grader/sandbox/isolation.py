@@ -21,7 +21,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx", ".h5
 
 @dataclass(frozen=True)
 class Limits:
-    call_timeout: float = 20.0         # wall seconds per call into the learner's code (and for the import)
+    # CPU seconds per call into the learner's code (and for the import), counted on its process, so that a busy
+    # machine or a cold disk can't time out an honest call; a call also ends after wall_factor x this in wall time
+    # (sleeping, blocked, or waiting on the model: the grader's forward passes are not the learner's CPU time).
+    call_timeout: float = 20.0
+    wall_factor: float = 3.0           # so a child that gets a third of a core still has its call_timeout of CPU
     budget: float = 200.0              # wall seconds of learner code per submission, all calls together
     # Per process; a child needs one task (measured: torch and the tokenizers start no threads with these settings),
     # so processes x memory_mb bounds what a forking memory bomb can take (16 GB). A per-child cgroup would make
