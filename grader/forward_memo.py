@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 
@@ -59,6 +62,12 @@ def detached(cache):
     twin = copy.copy(cache)
     twin.layers = [copy.copy(layer) for layer in cache.layers]
     return twin
+
+
+def _plain(cache) -> bool:
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer and layer.is_initialized
+                                               for layer in cache.layers)
 
 
 def _cache_bytes(cache) -> int:
@@ -111,6 +120,50 @@ class ForwardMemo:
         with self._lock:
             self._items.clear()
             self._bytes = 0
+
+    def keys(self) -> list[bytes]:
+        with self._lock:
+            return list(self._items)
+
+    def save(self, path: Path, keys: list[bytes]) -> None:
+        """Write the entries for `keys` (those still held) to a safetensors file, atomically (workers of one machine
+        may race): the logits and every layer's keys and values, byte for byte. Only plain DynamicCaches (what
+        SmolLM2 returns) are written."""
+        from safetensors.torch import save_file
+
+        tensors, names, layers = {}, [], []
+        for key in keys:
+            item = self.get(key)
+            if item is None or not _plain(item[1]):
+                continue
+            logits, cache = item
+            i = len(names)
+            names.append(key.hex())
+            layers.append(len(cache.layers))
+            tensors[f"{i}.logits"] = logits.contiguous()
+            for n, layer in enumerate(cache.layers):
+                tensors[f"{i}.{n}.k"], tensors[f"{i}.{n}.v"] = layer.keys.contiguous(), layer.values.contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata={"keys": json.dumps(names), "layers": json.dumps(layers)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load(self, path: Path) -> int:
+        """Add the entries of a file written by save(); how many. Each cache is rebuilt as transformers builds a
+        DynamicCache from data (one DynamicLayer per layer), so it grows exactly as the one that was saved."""
+        from safetensors import safe_open
+        from transformers.cache_utils import DynamicCache
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            names, layers = json.loads(meta["keys"]), json.loads(meta["layers"])
+            for i, (name, count) in enumerate(zip(names, layers)):
+                data = [(f.get_tensor(f"{i}.{n}.k"), f.get_tensor(f"{i}.{n}.v")) for n in range(count)]
+                self.put(bytes.fromhex(name), f.get_tensor(f"{i}.logits"), DynamicCache(ddp_cache_data=data))
+        return len(names)
 
 
 PER_WORKER = ForwardMemo()     # the process's one memo: every ModelServer in a grading worker shares it

@@ -63,3 +63,51 @@ def per_machine(fn):
         memory = joblib.Memory(location(), verbose=0)
         return memory.cache(fn)(*args, **kwargs)
     return cached
+
+
+# --- the forward passes of the reference's own grade, for the worker's memo -------------------------------------------
+MEMO_EXERCISE = "generation"          # the one exercise whose graders make the learner's code call the model
+
+
+def memo_file() -> Path:
+    """Where this machine keeps them: beside the references, named by every grader source and the reference
+    solution, since any change there can change which forward passes a grade asks for."""
+    from llmstudy.catalog import by_id
+    digest = hashlib.sha256()
+    for path in [*sorted(Path(__file__).parent.rglob("*.py")), by_id(MEMO_EXERCISE).solution_path]:
+        digest.update(path.read_bytes())
+    return location() / f"forward-memo-{digest.hexdigest()[:16]}.safetensors"
+
+
+def warm_memo() -> str:
+    """Fill the worker's forward memo (grader/forward_memo.PER_WORKER) with the forward passes that grading the reference solution
+    of generation makes: the greedy steps every correct submission asks for. Computed once per machine (the
+    reference's grade, in this process, on the grader's own model server) and kept in memo_file(); later workers
+    load them in ~20 ms instead of computing them in their first correct submission (~2 s of SmolLM2 each).
+    The keys are computation paths (grader/forward_memo.py): a submission whose calls differ simply misses them,
+    and the origin key of each path, with this folder's key, ties every entry to the model file, the versions and
+    the thread count, so a loaded entry is bit for bit what the call would compute. "loaded", "built" or "failed:
+    ..." (the memo then fills as before, submission by submission)."""
+    from llmstudy.grader.forward_memo import PER_WORKER as memo
+    try:
+        path = memo_file()
+        if path.is_file():
+            try:
+                memo.load(path)
+                return "loaded"
+            except Exception:  # noqa: BLE001 - unreadable (a torn copy, another safetensors): computed again below
+                pass
+        from llmstudy.catalog import by_id
+        from llmstudy.grader import runner
+        from llmstudy.grader.extract import load_namespace
+        from llmstudy.grader.submission import InProcessSubmission
+
+        before = set(memo.keys())
+        sub = InProcessSubmission(load_namespace(by_id(MEMO_EXERCISE).solution_path), MEMO_EXERCISE)   # its server
+        result = runner.grade(MEMO_EXERCISE, sub)                                               # uses that memo
+        if result.score != result.max_score:
+            return f"failed: the reference scored {result.score:g}/{result.max_score:g}"
+        memo.save(path, [k for k in memo.keys() if k not in before])
+        return "built"
+    except Exception as exc:  # noqa: BLE001 - a speed-up only; grading goes on without it
+        return f"failed: {type(exc).__name__}: {exc}"

@@ -8,6 +8,7 @@ import torch
 
 from llmstudy.grader.forward_memo import ForwardMemo
 from llmstudy.grader.model_server import ModelServer
+from llmstudy.grader.sandbox import isolation_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,3 +100,41 @@ def test_the_memo_stays_within_its_bytes(smollm2):
         ModelServer("cpu", memo=memo).forward("smollm2", torch.cat([ids, torch.tensor([[100 + first]])], dim=1))
         assert memo._bytes <= memo.max_bytes
     assert 0 < len(memo._items) < 6
+
+
+def test_a_saved_memo_loads_bit_for_bit_and_grows_like_the_original(smollm2, tmp_path):
+    """save() then load() into another memo (another worker, a later run): its entries answer the same calls, and
+    steps grown on a loaded cache equal a run without any memo bit for bit."""
+    saved, ids = ForwardMemo(), ids_of(smollm2, "I opened the door and saw", "A cat is an animal that")
+    naive_greedy(ModelServer("cpu", memo=saved), ids, 4)
+    saved.save(tmp_path / "memo.safetensors", saved.keys())
+    loaded = ForwardMemo()
+    assert loaded.load(tmp_path / "memo.safetensors") == 4
+    later = ModelServer("cpu", memo=loaded)
+    got = naive_greedy(later, ids, 6)                                     # 4 loaded, 2 grown on the 4th's cache
+    assert later.stats.memo_hits == 4 and later.stats.runs == 2
+    assert all(torch.equal(g, w) for g, w in zip(got, naive_greedy(ModelServer("cpu", memo=None), ids, 6)))
+
+
+@pytest.mark.skipif(isolation_problem() is not None, reason=f"sandbox unavailable here: {isolation_problem()}")
+def test_the_references_grade_warms_every_workers_memo_once_per_machine(smollm2, tmp_path, monkeypatch):
+    """warm_memo() builds the file from the reference's own grade, a later worker loads it, and then a sandboxed
+    correct submission of generation makes the model compute nothing; an unreadable file is built again."""
+    from llmstudy.catalog import by_id
+    from llmstudy.grader import reference_cache, runner
+    from llmstudy.grader.forward_memo import PER_WORKER
+    from llmstudy.grader.sandbox import SandboxWorker
+
+    monkeypatch.setattr(reference_cache, "memo_file", lambda: tmp_path / "memo.safetensors")
+    PER_WORKER.clear()
+    assert reference_cache.warm_memo() == "built" and (tmp_path / "memo.safetensors").is_file()
+    PER_WORKER.clear()
+    assert reference_cache.warm_memo() == "loaded" and PER_WORKER.keys()
+    with SandboxWorker() as worker:
+        with worker.open("generation", by_id("generation").solution_path.read_text(), "04_generation.py") as sub:
+            result = runner.grade("generation", sub)
+    assert result.score == result.max_score > 0
+    assert sub.server.stats.runs == 0 and sub.server.stats.memo_hits > 0, sub.server.stats
+    (tmp_path / "memo.safetensors").write_bytes(b"not a safetensors file")
+    PER_WORKER.clear()
+    assert reference_cache.warm_memo() == "built"
