@@ -40,10 +40,6 @@ class _Collector:
         config.addinivalue_line("markers", "points(n): points this test is worth")
         config.addinivalue_line("markers", "public: part of the learner's self-check")
         config.addinivalue_line("markers", "concepts(*ids): the deck concepts a failure of this test points to")
-        # What --tb=native says (an option of the terminal plugin, which is off): pytest's own failure reports compile
-        # and walk the source of every frame, ~45 ms per failure (a stub's 29 failures cost 1.3 s of a 1.6 s grade),
-        # and nothing reads them: messages come from the exception (_message).
-        config.option.tbstyle = "native"
 
     @pytest.fixture
     def submission(self) -> Submission:
@@ -71,6 +67,23 @@ class _Collector:
             self.collect_errors.append(str(report.longrepr)[-2000:])
 
 
+class _FailuresWithoutTracebacks:
+    """pytest plugin: a failed phase's report without the traceback text pytest would format for it. Walking and
+    parsing the source of every frame costs ~3-45 ms a failure (a stub fails every test) and nothing reads it: the
+    messages come from the exception itself (_message), and the terminal plugin is off. Passes and skips are left to
+    pytest's own hook (None: the next implementation)."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item, call):
+        from _pytest.reports import TestReport
+        excinfo = call.excinfo
+        if excinfo is None or isinstance(excinfo.value, pytest.skip.Exception):
+            return None
+        return TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, "failed",
+                          f"{excinfo.typename}: {str(excinfo.value)[:300]}", call.when, [], call.duration,
+                          call.start, call.stop, user_properties=item.user_properties)
+
+
 @contextlib.contextmanager
 def _without_outer_assertion_rewriting():
     """--assert=plain governs only this inner run: inside another pytest session (e.g. our own tests), that session's
@@ -89,8 +102,10 @@ def _without_outer_assertion_rewriting():
 # Every pytest run over the graders (grading here, counting points in grader.batch). no:unraisableexception: that
 # plugin runs gc.collect() at session end, ~0.5 s per run with torch and a model loaded, i.e. most of a grade's time.
 # no:logging: its per-phase log capture costs ~20 ms a grade; no grader logs. --assert=plain: see the module docstring.
+# --disable-plugin-autoload: the plugins installed beside pytest (pytest-timeout, anyio here; pytest-randomly, which
+# reorders and reseeds, elsewhere) must not change a grade; loading them cost ~20 ms a grade.
 PYTEST_ARGS = ("-p", "no:cacheprovider", "-p", "no:terminal", "-p", "no:unraisableexception", "-p", "no:logging",
-               "--assert=plain", "-o", "addopts=", "-W", "ignore::DeprecationWarning")
+               "--disable-plugin-autoload", "--assert=plain", "-o", "addopts=", "-W", "ignore::DeprecationWarning")
 
 
 def grade(exercise_id: str, submission: Submission, public_only: bool = False) -> ExerciseResult:
@@ -101,7 +116,7 @@ def grade(exercise_id: str, submission: Submission, public_only: bool = False) -
     if public_only:
         args += ["-m", "public"]
     with contextlib.redirect_stdout(io.StringIO()), _without_outer_assertion_rewriting():
-        code = pytest.main(args, plugins=[collector])
+        code = pytest.main(args, plugins=[collector, _FailuresWithoutTracebacks()])
     if collector.collect_errors or code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.USAGE_ERROR):
         raise RuntimeError(f"the graders for {exercise_id} could not run (exit {code}): "
                            + " | ".join(collector.collect_errors))

@@ -44,10 +44,12 @@ def documented_prompt(examples, new_dialogue: str) -> str:
     return EXAMPLE_SEPARATOR.join(parts + [INSTRUCTION + "\n\n" + new_dialogue + "\n\n" + ANSWER_CUE])
 
 
+@functools.lru_cache(maxsize=4096)
 def n_tokens(tokenizer_name: str, prompt: str) -> int:
-    """Tokens of the assembled prompt as the model sees it, special tokens included."""
+    """Tokens of the assembled prompt as the model sees it, special tokens included. The tokenizer alone (no
+    weights to load for it); memoised, since every grade counts the same reference prompts again (~75 a grade)."""
     from llmstudy import models
-    return len(models.load(tokenizer_name, "cpu")[1](prompt)["input_ids"])
+    return len(models.load_tokenizer(tokenizer_name)(prompt)["input_ids"])
 
 
 def check_text(got, want: str, call: str) -> None:
