@@ -5,6 +5,7 @@
     key = chain(origin, chunk)                             # the path after computing `chunk` [B, l] on it
     memo.put(key, logits, cache)                           # logits [B, l, V] and the KV cache after them
     logits, cache = memo.get(key)                          # the memo's own: read them, copy before growing the cache
+    memo.save(path, memo.keys()); other.load(path)         # to disk and back, byte for byte (reference_cache.warm_memo)
 
 Thirty correct submissions of the generation exercise ask the model for exactly the same greedy steps: a naive loop
 and a KV-cache loop reach the model server as the same sequence of one-position extensions (grader/model_server.py).

@@ -4,12 +4,16 @@
     @per_machine
     def _reference(prompts, max_new_tokens, eos_token_id) -> torch.Tensor: ...   # transformers' generate() output
 
+    warm_memo()                           # a grading worker's start: the reference's forward passes, from disk
+
 joblib.Memory keeps the results on disk in the model cache (models.cache_dir()/references/), keyed by the function's
 code and its arguments, and here also by everything that can change a bit of them: the model file's sha256, the
 torch and transformers versions and torch's thread count, which name the folder. On one thread with the same versions
 the CPU kernels are deterministic, so a cached result equals a recomputed one bit for bit (tests/test_reference_cache.py
 checks it on the real generate() oracle). joblib writes each result atomically, so workers racing on one machine are
-safe; a result it can't read is recomputed.
+safe; a result it can't read is recomputed. warm_memo() keeps, in the same folder, the forward passes that grading
+the reference solution of generation makes (safetensors, no pickle), so that no worker computes the greedy steps of
+correct submissions again.
 
 Trust: the folder is as trusted as the model cache beside it. The sandbox never shows it to learner code (only the
 tokenizer folders of the cache are bound into a child), so official grading can't be steered through it; code that
