@@ -79,7 +79,6 @@ class GradingSetup(WorkerPlugin):
         self._worker = None
         self._problem: str | None = None
         self._max_scores: dict[str, float] = {}
-        self.memo_status = "not warmed"       # what reference_cache.warm_memo() said on this worker
 
     def setup(self, worker) -> None:
         tempfile.gettempdir()    # computed once, under a lock that a forked probe must not find held
@@ -123,7 +122,7 @@ class GradingSetup(WorkerPlugin):
             self._max_scores[ex.id] = exercise_max_score(ex.id)     # counted where the graders run, not by the client
         if self._starter.options["device"] == "cpu":    # the memo's keys name the device its passes ran on
             from llmstudy.grader.reference_cache import warm_memo
-            self.memo_status = warm_memo()   # the reference's greedy steps, computed once per machine
+            warm_memo()                      # the reference's greedy steps, once per machine; failing costs speed only
 
     def max_score(self, exercise: str) -> float:
         """The exercise's points as this worker's graders count them; NaN if set-up failed before counting them

@@ -84,10 +84,10 @@ def memo_file() -> Path:
 
 
 def warm_memo() -> str:
-    """Fill the worker's forward memo (grader/forward_memo.PER_WORKER) with the forward passes that grading the reference solution
-    of generation makes: the greedy steps every correct submission asks for. Computed once per machine (the
-    reference's grade, in this process, on the grader's own model server) and kept in memo_file(); later workers
-    load them in ~20 ms instead of computing them in their first correct submission (~2 s of SmolLM2 each).
+    """Fill the worker's forward memo (grader/forward_memo.PER_WORKER) with the forward passes that grading the
+    reference solution of generation makes: the greedy steps every correct submission asks for. Computed once per
+    machine (the reference's grade, in this process, on the grader's own model server) and kept in memo_file();
+    later workers load them in ~40 ms instead of computing them in their first correct submission (~2 s each).
     The keys are computation paths (grader/forward_memo.py): a submission whose calls differ simply misses them,
     and the origin key of each path, with this folder's key, ties every entry to the model file, the versions and
     the thread count, so a loaded entry is bit for bit what the call would compute. "loaded", "built" or "failed:
