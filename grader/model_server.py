@@ -13,8 +13,9 @@ Prefix cache. A call whose ids extend an earlier call's ids (every row, same bat
 on that call's KV cache; the logits of earlier positions come from the cache. So a naive loop, which feeds the whole
 sequence at every step, costs what a KV-cache loop costs. A call that shares only part of a prefix branches from a
 copy of the cache cropped to the shared part; anything else (edited ids, a new batch) is computed from scratch, so a
-result never depends on guessing right. Cached and from-scratch logits differ by ~1e-5 (another summation order):
-tests/test_model_proxy.py checks they stay far inside the graders' tolerances (MIN_MARGIN 1e-3, SUPPORT_TOL 1e-4).
+result never depends on guessing right. Cached and from-scratch logits differ by up to ~1e-4 (another summation
+order; it varies by CPU): tests/test_model_proxy.py checks they stay inside the graders' tolerances (MIN_MARGIN 1e-3,
+SUPPORT_TOL 1e-3).
 
 Across submissions. Each forward pass is looked up first in the worker's ForwardMemo (grader/forward_memo.py) by its
 whole computation path, so the greedy steps every correct submission asks for are computed once per worker, and a

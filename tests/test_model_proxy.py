@@ -43,10 +43,12 @@ def scratch(smollm2, ids: torch.Tensor) -> torch.Tensor:
 
 
 def test_a_naive_loop_through_the_cache_stays_inside_the_graders_tolerances(smollm2, proxy, server):
-    """Cached and from-scratch logits differ by up to ~5e-5 here (another summation order, fp32). The graders compare
-    greedy tokens only where the top-2 margin exceeds MIN_MARGIN (1e-3), 20x that; support checks read the same
-    cache the learner's calls filled (identical numbers), and where they didn't, a difference divided by the lowest
-    temperature any support test uses (0.6) still stays below SUPPORT_TOL (1e-4)."""
+    """Cached and from-scratch logits differ by up to ~1e-4 (another summation order, fp32; by CPU: worst 1e-5
+    measured on an AMD EPYC, 9.6e-5 on an Intel Xeon). Two greedy logits that each move by d can swap only if their
+    margin is below 2d, and the graders compare greedy tokens only where the top-2 margin exceeds MIN_MARGIN (1e-3):
+    bound d by MIN_MARGIN / 4 (2x headroom). Support checks read the same cache the learner's calls filled
+    (identical numbers), and where they didn't, d divided by the lowest temperature any support test uses (0.5)
+    must stay below SUPPORT_TOL / 2, since a softmax mass moves by up to twice its logits' move."""
     grader_module = grader_generation()
     ids = ids_of(smollm2, "I opened the door and saw", "A cat is an animal that")
     worst = 0.0
@@ -54,7 +56,7 @@ def test_a_naive_loop_through_the_cache_stays_inside_the_graders_tolerances(smol
         got = proxy(ids).logits                                       # [B, L, V]
         worst = max(worst, float((got - scratch(smollm2, ids)).abs().max()))
         ids = torch.cat([ids, got[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert worst < grader_module.MIN_MARGIN / 10 and worst / 0.6 < grader_module.SUPPORT_TOL, worst
+    assert worst < grader_module.MIN_MARGIN / 4 and worst / 0.5 < grader_module.SUPPORT_TOL / 2, worst
     # 6 calls over 2 rows: the prompt once, then one new position per row per step.
     assert server.stats.runs == 6 and server.stats.positions_computed == 2 * 6 + 2 * 5
 
@@ -66,8 +68,8 @@ def test_kv_cache_style_calls_get_the_same_logits(smollm2, proxy):
     nxt = proxy(step, past_key_values=out.past_key_values, use_cache=True)
     assert nxt.logits.shape[1] == 1 and nxt.past_key_values.get_seq_length() == ids.shape[1] + 1
     want = scratch(smollm2, torch.cat([ids, step], dim=1))[:, -1]
-    # Same bound as above: cached vs from scratch, far inside SUPPORT_TOL.
-    torch.testing.assert_close(nxt.logits[:, -1], want, atol=grader_generation().SUPPORT_TOL * 0.6, rtol=0)   # the bound explained above
+    # Same bound as above: cached vs from scratch, d / 0.5 < SUPPORT_TOL / 2.
+    torch.testing.assert_close(nxt.logits[:, -1], want, atol=grader_generation().SUPPORT_TOL / 4, rtol=0)   # the bound explained above
 
 
 def test_edited_ids_and_branches_are_never_served_stale(smollm2, proxy, server):
@@ -75,9 +77,9 @@ def test_edited_ids_and_branches_are_never_served_stale(smollm2, proxy, server):
     proxy(ids)
     edited = ids.clone()
     edited[0, 2] = (edited[0, 2] + 1) % 1000
-    torch.testing.assert_close(proxy(edited).logits, scratch(smollm2, edited), atol=grader_generation().SUPPORT_TOL * 0.6, rtol=0)   # the bound explained above
+    torch.testing.assert_close(proxy(edited).logits, scratch(smollm2, edited), atol=grader_generation().SUPPORT_TOL / 4, rtol=0)   # the bound explained above
     branch = torch.cat([ids[:, :4], torch.tensor([[42, 43]])], dim=1)           # shares 4 positions, then differs
-    torch.testing.assert_close(proxy(branch).logits, scratch(smollm2, branch), atol=grader_generation().SUPPORT_TOL * 0.6, rtol=0)   # the bound explained above
+    torch.testing.assert_close(proxy(branch).logits, scratch(smollm2, branch), atol=grader_generation().SUPPORT_TOL / 4, rtol=0)   # the bound explained above
 
 
 def test_identical_rows_are_computed_once(smollm2, proxy, server):

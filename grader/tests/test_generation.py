@@ -21,12 +21,17 @@ from llmstudy.grader.reference_cache import per_machine
 SMOLLM2 = ModelRef("smollm2")
 
 # Greedy tokens are compared exactly. The learner's logits come from another computation path (no KV cache, other
-# shapes) and differ from generate()'s by ~1e-5 on one thread, so every compared step must have a top-2 logit margin
-# above 1e-3 (checked below on the reference's own logits; a case that fails it is a grader bug, not the learner's).
+# shapes) and differ from generate()'s by up to ~1e-4 on one thread, by CPU (measured worst 1e-5 on an AMD EPYC,
+# 9.6e-5 on an Intel Xeon: tests/test_model_proxy.py). Two logits that each move by d can swap only if their margin
+# is below 2d, so every compared step must have a top-2 margin above 1e-3, 5x the 2e-4 that takes (checked below on
+# the reference's own logits; a case that fails it is a grader bug, not the learner's).
 MIN_MARGIN = 1e-3
 # Support checks: a token within this distance (in tempered logits / probability mass) of a top-k or top-p boundary
-# is accepted, for the same ~1e-5 differences between the learner's logits and the ones recomputed here.
-SUPPORT_TOL = 1e-4
+# is accepted, for the same differences between the learner's logits and the ones recomputed here. At the lowest
+# temperature a support test uses (0.5) 1e-4 of logit noise is 2e-4 of tempered logit, and a softmax mass moves by
+# at most twice that (4e-4); 1e-3 leaves 2.5x on top. Mutants that sample outside the support (tests/) land far
+# outside it.
+SUPPORT_TOL = 1e-3
 # Frequency test: fail only when the chi-square p-value is below this; a correct sampler fails with about this
 # probability for an unlucky seed, and seeds are fixed, so a given implementation always gets the same answer.
 MIN_P_VALUE = 1e-6
@@ -184,7 +189,7 @@ def may_draw(logits: torch.Tensor, token: int, temperature: float, top_k: int | 
 def model_logits(submission, ids: torch.Tensor) -> torch.Tensor:
     """SmolLM2's logits [B, L, V] for ids, computed in this process by the submission's model server: the learner's
     own calls already filled its prefix cache with these positions, so checking them costs no forward pass.
-    Cached and from-scratch logits differ by ~1e-5, far inside SUPPORT_TOL (tests/test_model_proxy.py)."""
+    Cached and from-scratch logits differ by up to ~1e-4, inside SUPPORT_TOL (tests/test_model_proxy.py)."""
     return submission.server.logits("smollm2", ids)
 
 
