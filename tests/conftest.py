@@ -34,7 +34,8 @@ _installs: dict = {}
 
 
 def pytest_collection_modifyitems(session, config, items):
-    wanted = {FIXTURE_JOBS[name] for item in items for name in getattr(item, "fixturenames", ()) if name in FIXTURE_JOBS}
+    wanted = {FIXTURE_JOBS[name] for item in items for name in getattr(item, "fixturenames", ())
+              if name in FIXTURE_JOBS}
     if wanted and not config.option.collectonly:
         import tempfile
         from pathlib import Path

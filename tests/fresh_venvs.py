@@ -7,7 +7,7 @@ minutes of mostly pip, and used to be built when its module's first test asked f
 Now tests/conftest.py starts the installs the collected tests need, one after the other in one background process
 (`python tests/fresh_venvs.py DIR JOB...`), as soon as the session's tests are collected, and each module's fixture
 waits for its own: pip overlaps with the suite's other tests instead of adding to them. What is installed, and how,
-is exactly what the fixtures did before.
+is what the fixtures did before; the release folder is now a second `llmstudy release`, run as a command.
 
 Run as a script, it builds JOB... in order into DIR/<job>/, with its log in DIR/<job>.log and its exit status in
 DIR/<job>.rc, written when that job ends (the next job still runs: the other module's tests don't depend on it).
