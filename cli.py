@@ -360,6 +360,31 @@ def _write_grading_outputs(results, out, csv_path, gradescope, feedback, console
         sys.exit(2)
 
 
+@main.command()
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes [default: number of cores].")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8786, show_default=True,
+              help="The scheduler's port on 127.0.0.1 (0: any free one).")
+def serve(workers, port):
+    """Keep a grading cluster warm on this machine, for `llmstudy grade --scheduler tls://127.0.0.1:PORT`.
+
+    Each `llmstudy grade` of its own spends ~10 s starting its workers before the first record; graded through this
+    cluster, a batch starts in about a second. TLS, 127.0.0.1 only, credentials readable by you alone. Ctrl-C stops it."""
+    import os
+
+    from llmstudy.grader.warm import WarmClusterError, serve as run
+
+    def ready(address):
+        click.echo(f"warm grading cluster: {workers} workers at {address}\n"
+                   f"grade with:  llmstudy grade SUBMISSIONS --scheduler {address}\n"
+                   "(restart it after editing a grader or upgrading llmstudy; Ctrl-C stops it)")
+    workers = workers or os.cpu_count() or 1
+    try:
+        run(workers, port, ready)
+    except WarmClusterError as exc:
+        raise UserError(str(exc)) from None
+
+
 # --- nbgrader: course creation (`llmstudy grade --nbgrader` writes the gradebook) -------------------------------------
 @main.group()
 def nbgrader():

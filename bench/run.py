@@ -1,17 +1,23 @@
 """Benchmark: seconds per submission, `llmstudy grade` against plain `nbgrader autograde`, on the same notebooks.
 
-    .venv/bin/python bench/run.py --students 8 [--workers N] [--nbgrader-students K] [--repeat R] [--keep DIR]
+    .venv/bin/python bench/run.py --students 8 [--workers N] [--nbgrader-students K] [--repeat R] [--warm] [--keep DIR]
 
 1. `llmstudy nbgrader init` builds the course, `nbgrader generate_assignment` the student release;
 2. bench/generate_class.py writes a deterministic class (correct / buggy / stub notebooks);
 3. timed, each as the instructor would type it, wall clock from start to exit:
    a. `llmstudy grade CLASS`                          (sandboxed, --workers in parallel)
    b. `llmstudy grade --nbgrader COURSE`              (the same, plus writing nbgrader's gradebook)
+   w. with --warm, `llmstudy grade CLASS --scheduler` on the warm cluster of `llmstudy serve` (grader/warm.py),
+      after one batch that warms its workers: what a class costs once the ~10 s of start-up is paid
    c. `nbgrader autograde week1` on a copy of COURSE  (one kernel per notebook, one notebook at a time)
 4. checks that (b) and (c) give every student the same score (they run the same hidden tests), and writes
    bench/results/<date>-<host>.json and .md.
 
---repeat R runs (a) and (b) R times and reports the median, with the fastest and slowest: on a shared 2-core VM one
+Each row also gives the seconds to the first record (start-up), the machine's busy core-seconds per submission and
+the share of CPU time the hypervisor stole meanwhile: a noisy neighbour on a shared VM slows a run without raising
+its load average, and core-seconds are not counted while stolen.
+
+--repeat R runs (a), (b) and (w) R times and reports the median, with the fastest and slowest: on a shared 2-core VM one
 run of a 20 s class varies by +-3 s. (c) runs once (minutes, and its spread is a smaller share of its time).
 
 A submission is one student's assignment: one notebook per exercise. --nbgrader-students K times nbgrader on the
@@ -20,17 +26,20 @@ first K students only (its cost per notebook doesn't depend on the class size: e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,17 +55,91 @@ from llmstudy.catalog import EXERCISES  # noqa: E402
 ASSIGNMENT = "week1"
 
 
-def run(cmd: list[str], cwd: Path | None = None, log: Path | None = None) -> float:
-    """Run cmd to completion; seconds of wall clock. Output goes to `log`; a failure stops the benchmark."""
+@contextlib.contextmanager
+def warm_cluster(llmstudy: str, workers: int, work: Path):
+    """`llmstudy serve` on a free port for the block; yields its address. Its credentials file goes in a cache folder
+    of the benchmark's own that links the real one's models (so a running user's warm cluster is left alone), and
+    the grade commands find it through LLMSTUDY_CACHE."""
+    from llmstudy import models
+    cache = work / "warm-cache"
+    cache.mkdir()
+    for entry in models.cache_dir().iterdir():
+        if entry.name != "warm-cluster.json":
+            (cache / entry.name).symlink_to(entry)
+    before = os.environ.get(models.CACHE_ENV)
+    os.environ[models.CACHE_ENV] = str(cache)              # run() passes the environment on
+    out = work / "serve.out"
+    proc = subprocess.Popen([llmstudy, "serve", "--workers", str(workers), "--port", "0"], env=dict(os.environ),
+                            stdout=out.open("w"), stderr=(work / "serve.err").open("w"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (address := next((w for w in out.read_text().split() if w.startswith("tls://")), None)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"llmstudy serve did not start:\n{(work / 'serve.err').read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+        if before is None:
+            os.environ.pop(models.CACHE_ENV, None)
+        else:
+            os.environ[models.CACHE_ENV] = before
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, stolen) clock ticks of all CPUs so far, from /proc/stat; None off Linux. Busy is user + nice + system +
+    irq + softirq: what every process on the machine used, grading's forkserver, workers and sandboxed children
+    included, which no rusage of ours can see (they are not our waited-for children)."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return user + nice + system + irq + softirq, steal
+
+
+class Timing(dict):
+    """One command's figures: seconds (wall), core_seconds (busy CPU of the whole machine meanwhile), steal (the
+    share of CPU time the hypervisor gave to other guests: a VM's noisy neighbours slow a run without showing in its
+    load), first_record (seconds until the journal's first record, for `llmstudy grade`: its start-up)."""
+
+
+def run(cmd: list[str], cwd: Path | None = None, log: Path | None = None, journal: Path | None = None) -> Timing:
+    """Run cmd to completion; its Timing. Output goes to `log`; a failure stops the benchmark. With `journal`, the
+    time its second line (the first record, after the header) appears is noted, polled every 20 ms."""
     env = dict(nbg.nbgrader_env(), HF_HUB_OFFLINE="1")
-    start = time.perf_counter()
+    first: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            try:
+                with open(journal, "rb") as f:
+                    if f.read().count(b"\n") >= 2:
+                        first.append(time.perf_counter() - start)
+                        return
+            except OSError:
+                pass
+
+    jiffies, start = cpu_jiffies(), time.perf_counter()
+    watcher = threading.Thread(target=watch, daemon=True) if journal is not None else None
+    if watcher is not None:
+        watcher.start()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = cpu_jiffies()
+    done.set()
     if log is not None:
         log.write_text(f"$ {' '.join(map(str, cmd))}\n{proc.stdout}\n{proc.stderr}", encoding="utf-8")
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{proc.stderr[-3000:]}")
-    return seconds
+    timing = Timing(seconds=seconds, core_seconds=None, steal=None, first_record=first[0] if first else None)
+    if jiffies and after:
+        tick = os.sysconf("SC_CLK_TCK")
+        busy, stolen = after[0] - jiffies[0], after[1] - jiffies[1]
+        timing.update(core_seconds=busy / tick, steal=stolen / max(1, busy + stolen))
+    return timing
 
 
 def machine() -> dict:
@@ -96,6 +179,8 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="work in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--allow-unsandboxed", action="store_true", help="pass through to llmstudy grade")
+    parser.add_argument("--warm", action="store_true",
+                        help="also time `llmstudy grade --scheduler` on a warm `llmstudy serve` cluster")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)   # progress lines show up even when redirected to a file
 
@@ -132,20 +217,39 @@ def main() -> None:
         "llmstudy grade --nbgrader": [llmstudy, "grade", "--nbgrader", str(course), "--assignment", ASSIGNMENT,
                                       "--out", str(work / "llmstudy-nbgrader.json"), "--workers", str(args.workers),
                                       "--device", "cpu", *extra]}
+    details: dict[str, Timing] = {}
     for letter, (name, cmd) in zip("ab", commands.items()):
         print(f"{letter}. {name} ({args.workers} workers, {args.repeat} run(s)) ...")
         log = work / ("llmstudy-nbgrader.log" if "--nbgrader" in name else "llmstudy.log")
-        times = sorted(run(cmd, log=log) for _ in range(args.repeat))
-        timings[name], spread[name] = statistics.median(times), (times[0], times[-1])
+        out_json = Path(cmd[cmd.index("--out") + 1])
+        runs = sorted((run(cmd, log=log, journal=out_json.with_name(out_json.stem + ".journal.jsonl"))
+                       for _ in range(args.repeat)), key=lambda t: t["seconds"])
+        details[name] = runs[len(runs) // 2]                       # the median run's own figures (R odd)
+        timings[name] = statistics.median(t["seconds"] for t in runs)
+        spread[name] = (runs[0]["seconds"], runs[-1]["seconds"])
+    if args.warm:
+        name = "llmstudy grade --scheduler (warm)"
+        print(f"w. {name} ({args.workers} workers of `llmstudy serve`, one batch to warm up, {args.repeat} run(s)) ...")
+        with warm_cluster(llmstudy, args.workers, work) as address:
+            cmd = [llmstudy, "grade", str(klass), "--out", str(work / "llmstudy-warm.json"), "--scheduler", address,
+                   "--device", "cpu", *extra]
+            out_json = Path(cmd[cmd.index("--out") + 1])
+            run(cmd, log=work / "llmstudy-warm.log")                 # the workers' first batch: models, memo
+            runs = sorted((run(cmd, log=work / "llmstudy-warm.log",
+                               journal=out_json.with_name(out_json.stem + ".journal.jsonl"))
+                           for _ in range(args.repeat)), key=lambda t: t["seconds"])
+        details[name], timings[name] = runs[len(runs) // 2], statistics.median(t["seconds"] for t in runs)
+        spread[name] = (runs[0]["seconds"], runs[-1]["seconds"])
     print(f"c. nbgrader autograde ({k} students, sequential) ...")
-    timings["nbgrader autograde"] = run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT, "--force"],
+    details["nbgrader autograde"] = run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT, "--force"],
                                         cwd=plain, log=work / "nbgrader.log")
+    timings["nbgrader autograde"] = details["nbgrader autograde"]["seconds"]
     spread["nbgrader autograde"] = (timings["nbgrader autograde"],) * 2
 
     ours, theirs = exported_scores(course), exported_scores(plain)
     disagree = {s: (ours[s], theirs[s]) for s in theirs if abs(ours[s] - theirs[s]) > 1e-6}
     submissions = {"llmstudy grade": args.students, "llmstudy grade --nbgrader": args.students,
-                   "nbgrader autograde": k}
+                   "llmstudy grade --scheduler (warm)": args.students, "nbgrader autograde": k}
     per_submission = {name: timings[name] / submissions[name] for name in timings}
     baseline = per_submission["nbgrader autograde"]
     result = {
@@ -158,7 +262,8 @@ def main() -> None:
                         if name != "nbgrader autograde" else 1,
                         "seconds_per_submission": round(per_submission[name], 3),
                         "seconds_per_notebook": round(per_submission[name] / len(exercises), 3),
-                        "speedup_vs_nbgrader": round(baseline / per_submission[name], 1)}
+                        "speedup_vs_nbgrader": round(baseline / per_submission[name], 1),
+                        **_cost(details[name], submissions[name])}
                  for name in timings},
         "scores_agree": {"students_compared": len(theirs), "disagreements": disagree},
         # other work on the machine slows every run; a load well above the core count makes the figures noisy
@@ -175,6 +280,16 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _cost(timing: Timing, submissions: int) -> dict:
+    """The run's CPU figures for the results file: core-seconds per submission (the machine's busy CPU, so a VM's
+    stolen time doesn't count), the steal share, and the start-up (seconds to the first record) where known."""
+    out = {"first_record_seconds": None if timing["first_record"] is None else round(timing["first_record"], 2)}
+    if timing["core_seconds"] is not None:
+        out.update(core_seconds_per_submission=round(timing["core_seconds"] / submissions, 3),
+                   steal_percent=round(100 * timing["steal"], 1))
+    return out
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"# Grading benchmark, {r['date']}", "",
@@ -184,15 +299,24 @@ def markdown(r: dict) -> str:
              f"variants {r['variants']}; seed {r['seed']}. llmstudy ran {r['workers']} workers; nbgrader runs one "
              f"notebook at a time. Load average (1 min) {r['load_average_1min']['before']} before, "
              f"{r['load_average_1min']['after']} after.", "",
-             "| command | submissions | wall s (median) | fastest-slowest | s / submission | s / notebook | "
-             "vs nbgrader |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| command | submissions | wall s (median) | fastest-slowest | first record s | s / submission | "
+             "s / notebook | vs nbgrader | core-s / submission | CPU stolen |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def figure(value, fmt: str, unit: str = "") -> str:
+        return "-" if value is None else f"{value:{fmt}}{unit}"
     for name, run_ in r["runs"].items():
         low, high = run_.get("seconds_min_max", (run_["seconds"],) * 2)
         lines.append(f"| `{name}` | {run_['submissions']} | {run_['seconds']:.1f} | "
                      f"{low:.1f}-{high:.1f} ({run_.get('repeats', 1)} runs) | "
+                     f"{figure(run_.get('first_record_seconds'), '.1f')} | "
                      f"{run_['seconds_per_submission']:.2f} | {run_['seconds_per_notebook']:.2f} | "
-                     f"{run_['speedup_vs_nbgrader']:.1f}x |")
+                     f"{run_['speedup_vs_nbgrader']:.1f}x | {figure(run_.get('core_seconds_per_submission'), '.2f')} | "
+                     f"{figure(run_.get('steal_percent'), '.0f', '%')} |")
+    lines += ["", "First record: seconds until `llmstudy grade` journalled its first result (start-up: the workers' "
+              "imports, the sandbox, the first grade). Core-s: the whole machine's busy CPU time during the command "
+              "(the workers and sandboxed children included), per submission; CPU stolen: the share of CPU time "
+              "the hypervisor gave to other guests meanwhile, which slows a run without showing in its load."]
     agree = r["scores_agree"]
     lines += ["", f"Scores: `llmstudy grade --nbgrader` and `nbgrader autograde` agree for "
                   f"{agree['students_compared'] - len(agree['disagreements'])}/{agree['students_compared']} students"

@@ -280,14 +280,18 @@ class _Starting:
     def __init__(self, scheduler: str | None, workers: int, settings: Settings):
         self.scheduler, self.settings = scheduler, settings
         self._client = self._cluster = self._error = None
+        self._registered = False
         self._thread = threading.Thread(target=self._start, args=(workers,), daemon=True)
         self._thread.start()
 
     def _start(self, workers: int) -> None:
-        from llmstudy.grader.cluster import GradingSetup, connect
+        from llmstudy.grader.cluster import GradingSetup, check_code, connect
         try:
             self._client, self._cluster = connect(self.scheduler, workers)
+            if self._cluster is None:
+                check_code(self._client, self.scheduler)     # a warm or remote cluster may hold older graders
             self._client.register_plugin(GradingSetup(self.settings))
+            self._registered = True
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             self._error = exc
 
@@ -300,7 +304,7 @@ class _Starting:
     def close(self) -> None:
         self._thread.join()
         if self._client is not None:
-            if self._cluster is None:        # someone else's cluster: let its workers drop our zygotes
+            if self._cluster is None and self._registered:   # someone else's cluster: its workers drop our zygotes
                 try:
                     self._client.unregister_worker_plugin(self.settings.plugin_name)
                 except Exception:  # noqa: BLE001 - the scheduler may be gone; nothing left to release then

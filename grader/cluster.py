@@ -33,6 +33,7 @@ from distributed import WorkerPlugin
 
 from llmstudy.grader.results import ExerciseResult
 
+OWN_GROUP_ENV = "LLMSTUDY_WORKERS_OWN_GROUP"   # grader.warm: a terminal's Ctrl-C is for `llmstudy serve`, not its workers
 ALLOWED_FAILURES = 2         # retries after a worker died mid-task; the third death is the submission's `error`
 CONNECT_TIMEOUT = "10s"
 
@@ -278,8 +279,10 @@ def _grade_source(task: Task, source: str, worker, max_score: float) -> Exercise
 
 
 # --- on the grader's machine --------------------------------------------------------------------------------------
-def connect(scheduler: str | None, workers: int = 1):
-    """(Client, LocalCluster or None): the cluster at `scheduler`, or a new one here with `workers` processes."""
+def connect(scheduler: str | None, workers: int = 1, security=None, port: int = 0):
+    """(Client, LocalCluster or None): the cluster at `scheduler`, or a new one here with `workers` processes (with
+    `security`, a TLS one on 127.0.0.1:`port`: grader.warm). A tls:// scheduler is a warm cluster of this user's:
+    its credentials come from grader.warm."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -294,19 +297,65 @@ def connect(scheduler: str | None, workers: int = 1):
         try:
             with dask.config.set(config):
                 # memory_limit=0: the sandbox limits learner code; a per-worker share of RAM would only get a worker
-                # holding torch and the models restarted by its nanny on a machine with many cores.
+                # holding torch and the models restarted by its nanny on a machine with many cores. The scheduler's
+                # HTTP server (health and metrics) takes a free loopback port: distributed's 8787 may be a warm
+                # cluster's (grader.warm), and None would still mean 8787.
+                tls = {} if security is None else dict(security=security, protocol="tls://", host="127.0.0.1",
+                                                       scheduler_port=port)
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                                       dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
         finally:
             os.environ.pop(TEMPLATE_ENV, None)          # read once, by the forkserver this process starts
         return Client(cluster), cluster
     check_address(scheduler)
+    if scheduler.startswith("tls://"):
+        from llmstudy.grader.warm import WarmClusterError, security_for
+        try:
+            security = security_for(scheduler)
+        except WarmClusterError as exc:
+            raise ClusterUnavailable(str(exc)) from None
     try:
-        return Client(scheduler, timeout=CONNECT_TIMEOUT), None
+        return Client(scheduler, timeout=CONNECT_TIMEOUT, security=security), None
     except (OSError, TimeoutError) as exc:
+        start = "`llmstudy serve`" if scheduler.startswith("tls://") else "`dask scheduler`"
         raise ClusterUnavailable(f"can't reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} "
-                                 f"({type(exc).__name__}); start it with `dask scheduler`, or check the host, "
+                                 f"({type(exc).__name__}); start it with {start}, or check the host, "
                                  "the port and the firewall") from None
+
+
+def code_digest() -> str:
+    """sha256 (16 hex digits) of the code that decides a grade, by content: every grader source (the hidden tests
+    and the sandbox included), the references, the exercise catalog and the model loader."""
+    import importlib.util
+
+    import llmstudy
+    roots = [Path(importlib.util.find_spec(f"llmstudy.{name}").origin).parent for name in ("grader", "solutions")]
+    files = [(f"{root.name}/{p.relative_to(root).as_posix()}", p) for root in roots for p in root.rglob("*.py")]
+    base = Path(llmstudy.__file__).parent
+    files += [(name, base / name) for name in ("catalog.py", "models.py")]
+    digest = hashlib.sha256()
+    for name, path in sorted(files):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _imported_code() -> str | None:
+    """On a worker: the code_digest() of the graders it imported (grader.worker_preload), None if not yet."""
+    import sys
+    preload = sys.modules.get("llmstudy.grader.worker_preload")
+    return getattr(preload, "IMPORTED_CODE", None)
+
+
+def check_code(client, scheduler: str) -> None:
+    """ClusterUnavailable if a worker of an existing cluster imported other grading code than this process has: a
+    warm cluster (grader.warm) started before a grader was edited, or a machine with another llmstudy."""
+    ours = code_digest()
+    theirs = client.run(_imported_code)                  # {worker address: digest or None}
+    stale = sorted(w for w, d in theirs.items() if d is not None and d != ours)
+    if stale:
+        raise ClusterUnavailable(f"{len(stale)} of {len(theirs)} workers at {scheduler} imported other grading code "
+                                 "than this llmstudy (a grader edited or llmstudy upgraded since they started); "
+                                 "restart them (`llmstudy serve`, or your `dask worker`s) and grade again")
 
 
 def _forked_workers() -> bool:

@@ -1,6 +1,6 @@
 """Grading on Dask (llmstudy.grader.cluster, .batch): a LocalCluster, a hand-started "remote" cluster through
---scheduler, a worker killed mid-batch, the grader itself killed mid-batch then resumed, and the built wheel in a
-fresh venv (a worker node).
+--scheduler, a worker killed mid-batch, the grader itself killed mid-batch then resumed, the built wheel in a
+fresh venv (a worker node), and the warm cluster of `llmstudy serve` (grader.warm).
 
 Every run grades examples/class less dan's endless generation loop (see without_endless_loop) with `llmstudy grade`
 as a separate process, sandboxed, on 2 workers of one thread each, with the demo's --timeout 8 (the class finishes
@@ -43,8 +43,9 @@ def grade_command(out: Path, *extra: str, klass: Path = CLASS) -> list[str]:
             "--feedback", str(out / "feedback"), "--device", "cpu", "--timeout", "8", *extra]
 
 
-def grade(out: Path, *extra: str, klass: Path = CLASS) -> subprocess.CompletedProcess:
-    run = subprocess.run(grade_command(out, *extra, klass=klass), cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+def grade(out: Path, *extra: str, klass: Path = CLASS, env: dict | None = None) -> subprocess.CompletedProcess:
+    run = subprocess.run(grade_command(out, *extra, klass=klass), cwd=ROOT, capture_output=True, text=True, timeout=WAIT,
+                         env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -341,3 +342,90 @@ def test_the_wheel_in_a_fresh_venv_grades_the_class_like_the_checkout(node, loca
         sorted(ex.notebook for ex in EXERCISES)
     check = llmstudy("check", str(CLASS / "ada" / "01_positional_encoding.py"))
     assert "positional_encoding:" in check.stdout, check.stdout
+
+
+# --- the warm cluster: `llmstudy serve` -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """`llmstudy serve --workers 2 --port 0`, in a session of its own (a signal to its group is what a terminal's
+    Ctrl-C sends), with a model cache folder of its own: links to the real one's entries, so that its credentials
+    file is this test's and never a running user's. Yields (address, process, env for commands that use it)."""
+    from llmstudy import models
+    cache = tmp_path_factory.mktemp("warm-cache")
+    if models.cache_dir().is_dir():
+        for entry in models.cache_dir().iterdir():
+            if entry.name != "warm-cluster.json":
+                (cache / entry.name).symlink_to(entry)
+    env = dict(os.environ, LLMSTUDY_CACHE=str(cache))
+    folder = tmp_path_factory.mktemp("warm")
+    out, err = folder / "serve.out", folder / "serve.err"
+    proc = subprocess.Popen([sys.executable, "-m", "llmstudy.cli", "serve", "--workers", "2", "--port", "0"],
+                            cwd=ROOT, env=env, stdout=out.open("w"), stderr=err.open("w"), start_new_session=True)
+    try:
+        line = wait_for(lambda: proc.poll() is not None or next(
+            (w for w in out.read_text().split() if w.startswith("tls://")), None), "llmstudy serve's address", 300)
+        assert proc.poll() is None, err.read_text()[-3000:]
+        yield line, proc, env, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@sandboxed
+def test_a_warm_cluster_grades_batch_after_batch_like_a_fresh_one(local, warm, timeless_class, tmp_path):
+    address, _, env, _ = warm
+    for batch in ("first", "second"):       # the second finds the workers' imports, models and memo in place
+        grade(tmp_path / batch, "--scheduler", address, klass=timeless_class, env=env)
+        assert output_files(tmp_path / batch) == output_files(local), batch
+
+
+def test_only_the_warm_clusters_own_credentials_connect(warm):
+    import stat
+
+    from distributed import Client
+    from distributed.security import Security
+    address, _, env, _ = warm
+    credentials = Path(env["LLMSTUDY_CACHE"]) / "warm-cluster.json"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    for other in (dict(security=Security.temporary()), dict(address=address.replace("tls://", "tcp://"))):
+        with pytest.raises(OSError):                 # another certificate; no TLS at all
+            Client(other.pop("address", address), timeout="10s", **other)
+
+
+def test_grading_code_changed_since_the_warm_cluster_started_is_one_line(warm, monkeypatch, tmp_path):
+    from llmstudy.cli import main
+    from llmstudy.grader import cluster
+    address, _, env, _ = warm
+    monkeypatch.setenv("LLMSTUDY_CACHE", env["LLMSTUDY_CACHE"])
+    monkeypatch.setattr(cluster, "code_digest", lambda: "0" * 16)      # as if a grader had been edited since
+    run = CliRunner().invoke(main, ["grade", str(CLASS), "--out", str(tmp_path / "r.json"), "--scheduler", address])
+    assert run.exit_code == 1 and "imported other grading code" in run.output, run.output
+    assert "llmstudy serve" in run.output and len(run.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_second_serve_says_where_the_first_runs(warm):
+    address, _, env, _ = warm
+    run = subprocess.run([sys.executable, "-m", "llmstudy.cli", "serve", "--port", "0"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and f"already running at {address}" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_stops_the_warm_cluster_and_its_workers_cleanly(warm, monkeypatch):
+    """Last of the warm tests: it stops the fixture's cluster."""
+    from distributed import Client
+
+    from llmstudy.grader.warm import security_for
+    address, proc, env, err = warm
+    monkeypatch.setenv("LLMSTUDY_CACHE", env["LLMSTUDY_CACHE"])
+    with Client(address, timeout="30s", security=security_for(address)) as client:
+        workers = list(client.run(os.getpid).values())
+    assert len(workers) == 2
+    os.killpg(proc.pid, signal.SIGINT)                    # what Ctrl-C in its terminal sends: the whole group
+    assert proc.wait(timeout=120) == 0, err.read_text()[-3000:]
+    assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
+    assert not (Path(env["LLMSTUDY_CACHE"]) / "warm-cluster.json").exists()
+    wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                             for pid in workers), "the workers to exit", 120)
