@@ -122,6 +122,8 @@ def run(cmd: list[str], cwd: Path | None = None, log: Path | None = None, journa
             except OSError:
                 pass
 
+    if journal is not None:
+        journal.unlink(missing_ok=True)              # the last run's: the command writes it anew (no --resume)
     jiffies, start = cpu_jiffies(), time.perf_counter()
     watcher = threading.Thread(target=watch, daemon=True) if journal is not None else None
     if watcher is not None:
