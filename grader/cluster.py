@@ -300,8 +300,10 @@ def connect(scheduler: str | None, workers: int = 1, security=None, port: int = 
                 # holding torch and the models restarted by its nanny on a machine with many cores. The scheduler's
                 # HTTP server (health and metrics) takes a free loopback port: distributed's 8787 may be a warm
                 # cluster's (grader.warm), and None would still mean 8787.
-                tls = {} if security is None else dict(security=security, protocol="tls://", host="127.0.0.1",
-                                                       scheduler_port=port)
+                tls = {}
+                if security is not None:
+                    from llmstudy.grader.warm import HOST
+                    tls = dict(security=security, protocol="tls://", host=HOST, scheduler_port=port)
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
                                        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
         finally:

@@ -15,9 +15,10 @@ listens on 127.0.0.1 only and speaks TLS with a certificate made for this run (d
 only a process that can read the credentials file (mode 0600, in the model cache folder: the same user) can connect.
 Learner code never reaches it either way: it runs in the workers' sandboxed children, which have no network.
 
-Stale graders. The workers import the graders once, when the cluster starts. grader.cluster.Settings carries the
-digest of the client's grading code and a worker whose imported code differs refuses the batch, so editing a grader
-(or upgrading llmstudy) while a warm cluster runs gets a one-line error saying to restart it, never old verdicts.
+Stale graders. The workers import the graders once, when the cluster starts, and record the digest of what they
+imported (grader.worker_preload.IMPORTED_CODE). Before registering a batch, the client compares it with its own
+(grader.cluster.check_code), so editing a grader (or upgrading llmstudy) while a warm cluster runs gets a one-line
+error saying to restart it, never old verdicts.
 """
 from __future__ import annotations
 
