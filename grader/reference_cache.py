@@ -74,11 +74,13 @@ MEMO_EXERCISE = "generation"          # the one exercise whose graders make the 
 
 
 def memo_file() -> Path:
-    """Where this machine keeps them: beside the references, named by the grading code (grader.cluster.code_digest:
-    every grader source and the references), since any change there can change which forward passes a grade asks
-    for."""
-    from llmstudy.grader.cluster import code_digest
-    return location() / f"forward-memo-{code_digest()}.safetensors"
+    """Where this machine keeps them: beside the references, named by every grader source and the reference
+    solution, since any change there can change which forward passes a grade asks for."""
+    from llmstudy.catalog import by_id
+    digest = hashlib.sha256()
+    for path in [*sorted(Path(__file__).parent.rglob("*.py")), by_id(MEMO_EXERCISE).solution_path]:
+        digest.update(path.read_bytes())
+    return location() / f"forward-memo-{digest.hexdigest()[:16]}.safetensors"
 
 
 def warm_memo() -> str:
