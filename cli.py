@@ -287,7 +287,8 @@ def check(file, show_code, device):
 @click.option("--gradescope", type=click.Path(file_okay=False), help="Also write DIR/<student>/results.json.")
 @click.option("--feedback", type=click.Path(file_okay=False), help="Also write DIR/<student>.html.")
 @click.option("--workers", type=click.IntRange(min=1),
-              help="Worker processes of the Dask cluster started on this machine [default: number of cores].")
+              help="Worker processes of the Dask cluster started on this machine [default: number of cores; "
+                   "while `llmstudy serve` runs, its warm cluster].")
 @click.option("--scheduler", metavar="tcp://HOST:PORT",
               help="Grade on an existing Dask cluster instead (`dask scheduler` + `dask worker`, Slurm, Kubernetes).")
 @click.option("--resume", is_flag=True,
@@ -366,17 +367,18 @@ def _write_grading_outputs(results, out, csv_path, gradescope, feedback, console
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8786, show_default=True,
               help="The scheduler's port on 127.0.0.1 (0: any free one).")
 def serve(workers, port):
-    """Keep a grading cluster warm on this machine, for `llmstudy grade --scheduler tls://127.0.0.1:PORT`.
+    """Keep a grading cluster warm on this machine: while it runs, `llmstudy grade` grades on it.
 
-    Each `llmstudy grade` of its own spends ~10 s starting its workers before the first record; graded through this
-    cluster, a batch starts in about a second. TLS, 127.0.0.1 only, credentials readable by you alone. Ctrl-C stops it."""
+    Each `llmstudy grade` of its own spends ~10 s starting its workers before the first record; graded on this
+    cluster, a batch starts in about a second. `llmstudy grade` without --workers finds it by itself (and says so);
+    --workers N still starts a fresh cluster. TLS, 127.0.0.1 only, credentials readable by you alone. Ctrl-C stops it."""
     import os
 
     from llmstudy.grader.warm import WarmClusterError, serve as run
 
     def ready(address):
         click.echo(f"warm grading cluster: {workers} workers at {address}\n"
-                   f"grade with:  llmstudy grade SUBMISSIONS --scheduler {address}\n"
+                   "`llmstudy grade SUBMISSIONS` grades on it while it runs (--workers N starts a fresh cluster)\n"
                    "(restart it after editing a grader or upgrading llmstudy; Ctrl-C stops it)")
     workers = workers or os.cpu_count() or 1
     try:

@@ -7,7 +7,8 @@
 3. timed, each as the instructor would type it, wall clock from start to exit:
    a. `llmstudy grade CLASS`                          (sandboxed, --workers in parallel)
    b. `llmstudy grade --nbgrader COURSE`              (the same, plus writing nbgrader's gradebook)
-   w. with --warm, `llmstudy grade CLASS --scheduler` on the warm cluster of `llmstudy serve` (grader/warm.py),
+   w. with --warm, `llmstudy grade CLASS` (as in a, without --workers) while `llmstudy serve` runs (grader/warm.py),
+      which it then grades on,
       after one batch that warms its workers: what a class costs once the ~10 s of start-up is paid
    c. `nbgrader autograde week1` on a copy of COURSE  (one kernel per notebook, one notebook at a time)
 4. checks that (b) and (c) give every student the same score (they run the same hidden tests), and writes
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--allow-unsandboxed", action="store_true", help="pass through to llmstudy grade")
     parser.add_argument("--warm", action="store_true",
-                        help="also time `llmstudy grade --scheduler` on a warm `llmstudy serve` cluster")
+                        help="also time `llmstudy grade` while `llmstudy serve` keeps a warm cluster")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)   # progress lines show up even when redirected to a file
 
@@ -230,16 +231,19 @@ def main() -> None:
         timings[name] = statistics.median(t["seconds"] for t in runs)
         spread[name] = (runs[0]["seconds"], runs[-1]["seconds"])
     if args.warm:
-        name = "llmstudy grade --scheduler (warm)"
+        name = "llmstudy grade, llmstudy serve running (warm)"
         print(f"w. {name} ({args.workers} workers of `llmstudy serve`, one batch to warm up, {args.repeat} run(s)) ...")
         with warm_cluster(llmstudy, args.workers, work) as address:
-            cmd = [llmstudy, "grade", str(klass), "--out", str(work / "llmstudy-warm.json"), "--scheduler", address,
-                   "--device", "cpu", *extra]
+            cmd = [llmstudy, "grade", str(klass), "--out", str(work / "llmstudy-warm.json"), "--device", "cpu",
+                   *extra]                                          # no --workers: it finds the warm cluster
             out_json = Path(cmd[cmd.index("--out") + 1])
             run(cmd, log=work / "llmstudy-warm.log")                 # the workers' first batch: models, memo
             runs = sorted((run(cmd, log=work / "llmstudy-warm.log",
                                journal=out_json.with_name(out_json.stem + ".journal.jsonl"))
                            for _ in range(args.repeat)), key=lambda t: t["seconds"])
+            if f"grading on the warm cluster of `llmstudy serve` at {address}" not in \
+                    (work / "llmstudy-warm.log").read_text(encoding="utf-8"):
+                raise SystemExit(f"the warm row did not grade on {address}: see {work / 'llmstudy-warm.log'}")
         details[name], timings[name] = runs[len(runs) // 2], statistics.median(t["seconds"] for t in runs)
         spread[name] = (runs[0]["seconds"], runs[-1]["seconds"])
     print(f"c. nbgrader autograde ({k} students, sequential) ...")
@@ -251,7 +255,7 @@ def main() -> None:
     ours, theirs = exported_scores(course), exported_scores(plain)
     disagree = {s: (ours[s], theirs[s]) for s in theirs if abs(ours[s] - theirs[s]) > 1e-6}
     submissions = {"llmstudy grade": args.students, "llmstudy grade --nbgrader": args.students,
-                   "llmstudy grade --scheduler (warm)": args.students, "nbgrader autograde": k}
+                   "llmstudy grade, llmstudy serve running (warm)": args.students, "nbgrader autograde": k}
     per_submission = {name: timings[name] / submissions[name] for name in timings}
     baseline = per_submission["nbgrader autograde"]
     result = {

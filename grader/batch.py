@@ -194,7 +194,11 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
     for all of one submission's calls (default 10 x timeout); hide: more paths the learner's code must not see (the
     submissions' folders always are). journal: a JSON-lines file that gets each record as it arrives; resume:
     keep the records already in it and grade only what is missing."""
-    warn = console.print if console is not None else print
+    def warn(line: str) -> None:           # one line each, however narrow the terminal: logs and tests grep them
+        if console is None:
+            print(line)
+        else:
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
     if scheduler is None:
         from llmstudy.models import resolve_device
         sandboxed = sandbox_mode(allow_unsandboxed, warn)     # refuse here, in one line, before starting anything
@@ -206,14 +210,18 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
         sandboxed = True                                       # each remote worker checks for itself
     hidden = set(hide) | {str(Path(f).resolve().parent) for _, _, f in entries if f is not None}
     settings = Settings(device=device, sandboxed=sandboxed, allow_unsandboxed=allow_unsandboxed, timeout=timeout,
-                        budget=budget or 10 * timeout, hide=tuple(sorted(hidden)))
+                        budget=budget or 10 * timeout, hide=tuple(sorted(hidden)), batch=os.urandom(6).hex())
     book = Journal(journal, {"timeout": settings.timeout, "budget": settings.budget}, resume) if journal else None
     kept = book.kept if book else {}
     files = [e for e in entries if e[2] is not None]
     starting = None
     if any((student, ex_id) not in kept for student, ex_id, _ in files):
         n = max(1, min(workers or os.cpu_count() or 1, len(files)))
-        starting = _Starting(scheduler, n, settings)      # the cluster starts while the class is read
+        warm = None
+        if scheduler is None and workers is None:
+            from llmstudy.grader.warm import running
+            warm = running()                              # this user's `llmstudy serve`: no start-up to pay
+        starting = _Starting(scheduler, n, settings, warm)     # the cluster starts while the class is read
 
     try:
         records: dict[int, ExerciseResult] = {}
@@ -231,6 +239,8 @@ def grade_entries(entries: list[Entry], workers: int | None = None, scheduler: s
                  f"grading {len(tasks)}")
         if tasks:
             client = starting.client()
+            if starting.note:
+                warn(starting.note)
             for i, result in _with_progress(_run(client, tasks), len(tasks), progress, console, entries):
                 if math.isnan(result.max_score):    # rare (a worker died or could not count): points before the journal
                     result = _scored({**records, i: result})[i]
@@ -275,18 +285,23 @@ def _scored(records: dict[int, ExerciseResult]) -> dict[int, ExerciseResult]:
 
 
 class _Starting:
-    """Connects to (or starts) the cluster and registers this batch's GradingSetup, in a thread."""
+    """Connects to (or starts) the cluster and registers this batch's GradingSetup, in a thread. Given the address of
+    a warm cluster (grader.warm) it tries that first, and starts a fresh one if it can't take the batch; `note` then
+    says which it was, for the caller to print."""
 
-    def __init__(self, scheduler: str | None, workers: int, settings: Settings):
-        self.scheduler, self.settings = scheduler, settings
+    def __init__(self, scheduler: str | None, workers: int, settings: Settings, warm: str | None = None):
+        self.scheduler, self.settings, self.warm = scheduler, settings, warm
         self._client = self._cluster = self._error = None
         self._registered = False
+        self.note: str | None = None
         self._thread = threading.Thread(target=self._start, args=(workers,), daemon=True)
         self._thread.start()
 
     def _start(self, workers: int) -> None:
         from llmstudy.grader.cluster import GradingSetup, check_code, connect
         try:
+            if self.warm is not None and self._on_warm():
+                return
             self._client, self._cluster = connect(self.scheduler, workers)
             if self._cluster is None:
                 check_code(self._client, self.scheduler)     # a warm or remote cluster may hold older graders
@@ -294,6 +309,29 @@ class _Starting:
             self._registered = True
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             self._error = exc
+
+    def _on_warm(self) -> bool:
+        """Whether this batch is registered on the warm cluster; if not, `note` says why."""
+        from llmstudy.grader.cluster import ClusterUnavailable, GradingSetup, connect, stale_workers
+        why = None
+        try:
+            self._client, _ = connect(self.warm)
+            stale, total = stale_workers(self._client)
+            if stale:
+                why = f"{stale} of its {total} workers hold older graders (restart it)"
+            else:
+                self._client.register_plugin(GradingSetup(self.settings))
+        except (ClusterUnavailable, OSError, TimeoutError) as exc:
+            why = f"it did not answer ({type(exc).__name__})"
+        if why is None:
+            self.scheduler, self._registered = self.warm, True
+            self.note = f"grading on the warm cluster of `llmstudy serve` at {self.warm} (--workers N starts a fresh one)"
+            return True
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.note = f"not grading on the warm cluster at {self.warm}: {why}; a fresh cluster grades instead"
+        return False
 
     def client(self):
         self._thread.join()

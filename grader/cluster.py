@@ -51,10 +51,11 @@ class Settings:
     budget: float = 200.0                 # wall seconds for all calls of one submission together
     hide: tuple[str, ...] = ()            # more paths the learner's code must not see (outputs, course sources)
     preload: tuple[str, ...] = ("smollm2", "minilm")
+    batch: str = ""                       # grader.batch: a nonce, so that two batches alike on one cluster differ too
 
     @property
     def plugin_name(self) -> str:
-        """One plugin per set of settings, so two batches on one cluster don't replace each other's sandboxes."""
+        """One plugin per batch, so that two batches on one cluster don't replace or remove each other's sandboxes."""
         return "llmstudy-grading-" + hashlib.sha256(repr(asdict(self)).encode()).hexdigest()[:12]
 
 
@@ -283,31 +284,28 @@ def connect(scheduler: str | None, workers: int = 1, security=None, port: int = 
     """(Client, LocalCluster or None): the cluster at `scheduler`, or a new one here with `workers` processes (with
     `security`, a TLS one on 127.0.0.1:`port`: grader.warm). A tls:// scheduler is a warm cluster of this user's:
     its credentials come from grader.warm."""
-    import dask
-    from distributed import Client, LocalCluster
-
     if scheduler is None:
-        from llmstudy.grader.sandbox.launch import TEMPLATE_ENV
+        forked = _forked_workers()          # first: the forkserver's imports are a fresh cluster's critical path
+        import dask
+        from distributed import LocalCluster
 
         config = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
-        forked = _forked_workers()
         if forked:
             config["distributed.worker.multiprocessing-method"] = "forkserver"
-            os.environ[TEMPLATE_ENV] = "1"              # the forkserver starts its workers' zygote template first
-        try:
-            with dask.config.set(config):
-                # memory_limit=0: the sandbox limits learner code; a per-worker share of RAM would only get a worker
-                # holding torch and the models restarted by its nanny on a machine with many cores. The scheduler's
-                # HTTP server (health and metrics) takes a free loopback port: distributed's 8787 may be a warm
-                # cluster's (grader.warm), and None would still mean 8787.
-                tls = {}
-                if security is not None:
-                    from llmstudy.grader.warm import HOST
-                    tls = dict(security=security, protocol="tls://", host=HOST, scheduler_port=port)
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
-                                       dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
-        finally:
-            os.environ.pop(TEMPLATE_ENV, None)          # read once, by the forkserver this process starts
+        tls = {}
+        if security is not None:
+            from llmstudy.grader.warm import HOST
+            tls = dict(security=security, protocol="tls://", host=HOST, scheduler_port=port)
+        with dask.config.set(config):
+            # memory_limit=0: the sandbox limits learner code; a per-worker share of RAM would only get a worker
+            # holding torch and the models restarted by its nanny on a machine with many cores. The scheduler's
+            # HTTP server (health and metrics) takes a free loopback port: distributed's 8787 may be a warm
+            # cluster's (grader.warm), and None would still mean 8787.
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+                                   dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
+    from distributed import Client
+
+    if scheduler is None:
         return Client(cluster), cluster
     check_address(scheduler)
     if scheduler.startswith("tls://"):
@@ -348,14 +346,19 @@ def _imported_code() -> str | None:
     return getattr(preload, "IMPORTED_CODE", None)
 
 
-def check_code(client, scheduler: str) -> None:
-    """ClusterUnavailable if a worker of an existing cluster imported other grading code than this process has: a
+def stale_workers(client) -> tuple[int, int]:
+    """(how many, of how many) workers of an existing cluster imported other grading code than this process has: a
     warm cluster (grader.warm) started before a grader was edited, or a machine with another llmstudy."""
     ours = code_digest()
     theirs = client.run(_imported_code)                  # {worker address: digest or None}
-    stale = sorted(w for w, d in theirs.items() if d is not None and d != ours)
+    return sum(d is not None and d != ours for d in theirs.values()), len(theirs)
+
+
+def check_code(client, scheduler: str) -> None:
+    """ClusterUnavailable if any worker at `scheduler` is stale (stale_workers)."""
+    stale, total = stale_workers(client)
     if stale:
-        raise ClusterUnavailable(f"{len(stale)} of {len(theirs)} workers at {scheduler} imported other grading code "
+        raise ClusterUnavailable(f"{stale} of {total} workers at {scheduler} imported other grading code "
                                  "than this llmstudy (a grader edited or llmstudy upgraded since they started); "
                                  "restart them (`llmstudy serve`, or your `dask worker`s) and grade again")
 
@@ -364,13 +367,22 @@ def _forked_workers() -> bool:
     """Whether this machine's workers can be forked from one process that imported grader.worker_preload once: with
     N workers, N - 1 fewer copies of ~3 core-s of imports, at the start of every class. Dask forks its workers from
     multiprocessing's forkserver when asked; its own preload list is replaced by ours (it would import pandas here
-    to build it). A worker its nanny restarts later is spawned as usual."""
+    to build it). The forkserver is started here, before this process imports distributed and starts the scheduler:
+    its imports (6-8 s on one core of a slow VM) are a fresh class's critical path, and this way they overlap the
+    rest of the start instead of following it. A worker its nanny restarts later is spawned as usual."""
     import multiprocessing
+    from multiprocessing import forkserver
 
-    import distributed.utils
+    from llmstudy.grader.sandbox.launch import TEMPLATE_ENV
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
     multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", "llmstudy.grader.worker_preload"])
+    os.environ[TEMPLATE_ENV] = "1"                  # the forkserver starts its workers' zygote template first
+    try:
+        forkserver.ensure_running()                 # returns at once; the forkserver imports in the background
+    finally:
+        os.environ.pop(TEMPLATE_ENV, None)          # read once, by the forkserver just started
+    import distributed.utils
     distributed.utils._forkserver_preload_set = True
     return True
 

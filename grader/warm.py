@@ -1,7 +1,7 @@
 """Grader side: a local grading cluster kept warm between `llmstudy grade` runs (`llmstudy serve`).
 
-    llmstudy serve --workers 2            # blocks; prints tls://127.0.0.1:8786 and the grade command
-    llmstudy grade CLASS --scheduler tls://127.0.0.1:8786
+    llmstudy serve --workers 2            # blocks; prints tls://127.0.0.1:8786
+    llmstudy grade CLASS                  # meanwhile, in another terminal: graded on it (or --scheduler ADDRESS)
 
 Every `llmstudy grade` without --scheduler starts its own LocalCluster, and about 10 s of a 2-core machine go to that
 start-up (importing torch, transformers and the graders in the workers' forkserver, the sandbox template, the first
@@ -10,6 +10,12 @@ starts the same cluster once (grader.cluster.connect: forked workers, the sandbo
 each batch sent to it then registers its own GradingSetup (a fresh zygote per worker, forked from the template in
 milliseconds), grades, and unregisters it, and the workers keep their imports, models and forward memo.
 
+Found, not configured. While it runs, every `llmstudy grade` of the same user and model cache without --workers or
+--scheduler grades on it and says so in one line (running() finds it from its credentials file), the way a build
+tool's daemon is picked up: the cluster is this machine's, and the grades are byte for byte a fresh cluster's
+(tested). One that can't take the batch (its graders are stale, it stopped uncleanly) is named in one line and a
+fresh cluster grades instead; --workers N always starts a fresh one.
+
 Trust. A Dask scheduler runs whatever pickled function a client sends it, as the user who started it. So this one
 listens on 127.0.0.1 only and speaks TLS with a certificate made for this run (distributed's Security.temporary);
 only a process that can read the credentials file (mode 0600, in the model cache folder: the same user) can connect.
@@ -17,8 +23,8 @@ Learner code never reaches it either way: it runs in the workers' sandboxed chil
 
 Stale graders. The workers import the graders once, when the cluster starts, and record the digest of what they
 imported (grader.worker_preload.IMPORTED_CODE). Before registering a batch, the client compares it with its own
-(grader.cluster.check_code), so editing a grader (or upgrading llmstudy) while a warm cluster runs gets a one-line
-error saying to restart it, never old verdicts.
+(grader.cluster.check_code), so editing a grader (or upgrading llmstudy) while a warm cluster runs never gets old
+verdicts: with --scheduler, a one-line error saying to restart it; found by itself, a fresh cluster instead.
 """
 from __future__ import annotations
 
@@ -92,6 +98,15 @@ def serve(workers: int, port: int = DEFAULT_PORT, ready=print) -> None:
     finally:
         client.close()
         cluster.close()
+
+
+def running() -> str | None:
+    """The address of this user's warm cluster, if its credentials file names a `llmstudy serve` still alive."""
+    path = credentials_path()
+    found = _read(path) if path.exists() else None
+    if found and _alive(found.get("pid")) and isinstance(found.get("address"), str):
+        return found["address"]
+    return None
 
 
 def security_for(address: str):

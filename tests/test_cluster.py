@@ -374,10 +374,49 @@ def warm(tmp_path_factory):
 
 @sandboxed
 def test_a_warm_cluster_grades_batch_after_batch_like_a_fresh_one(local, warm, timeless_class, tmp_path):
+    """The first batch names the cluster; the second finds it (no --scheduler, no --workers), and finds the workers'
+    imports, models and memo in place."""
     address, _, env, _ = warm
-    for batch in ("first", "second"):       # the second finds the workers' imports, models and memo in place
-        grade(tmp_path / batch, "--scheduler", address, klass=timeless_class, env=env)
+    named = grade(tmp_path / "named", "--scheduler", address, klass=timeless_class, env=env)
+    found = grade(tmp_path / "found", klass=timeless_class, env=env)
+    assert "warm cluster" not in named.stderr
+    assert f"grading on the warm cluster of `llmstudy serve` at {address}" in found.stderr, found.stderr[-2000:]
+    for batch in ("named", "found"):
         assert output_files(tmp_path / batch) == output_files(local), batch
+
+
+def _imported_code_becomes(digest: str) -> str:
+    """Source that makes a worker say it imported `digest` (grader.worker_preload.IMPORTED_CODE), for client.run(exec)."""
+    return f"import sys; sys.modules['llmstudy.grader.worker_preload'].IMPORTED_CODE = {digest!r}"
+
+
+@sandboxed
+def test_a_warm_cluster_with_older_graders_is_passed_over_in_one_line(warm, monkeypatch, tmp_path):
+    """Found by itself, a stale warm cluster is named and a fresh cluster grades instead (--scheduler refuses it:
+    the test below). Its workers are made to say they imported other graders, as after an edit since it started."""
+    from distributed import Client
+
+    from llmstudy.grader import cluster
+    from llmstudy.grader.warm import security_for
+    address, _, env, _ = warm
+    klass = tmp_path / "class"
+    (klass / "ada").mkdir(parents=True)
+    shutil.copy(CLASS / "ada" / "01_positional_encoding.py", klass / "ada")
+    monkeypatch.setenv("LLMSTUDY_CACHE", env["LLMSTUDY_CACHE"])
+    with Client(address, timeout="30s", security=security_for(address)) as client:
+        real = client.run(cluster._imported_code)                  # {worker: the digest it really imported}
+        client.run(exec, _imported_code_becomes("0" * 16))
+        try:
+            run = grade(tmp_path / "out", klass=klass, env=env)
+        finally:
+            for worker, digest in real.items():
+                client.run(exec, _imported_code_becomes(digest), workers=[worker])
+    note = [line for line in run.stderr.splitlines() if "warm cluster" in line]
+    assert note == [f"not grading on the warm cluster at {address}: 2 of its 2 workers hold older graders (restart "
+                    "it); a fresh cluster grades instead"], run.stderr[-3000:]
+    [ada] = json.loads((tmp_path / "out" / "results.json").read_text())["submissions"]
+    record = next(e for e in ada["exercises"] if e["exercise"] == "positional_encoding")
+    assert record["status"] == "graded" and record["score"] == record["max_score"] > 0, record
 
 
 def test_only_the_warm_clusters_own_credentials_connect(warm):
