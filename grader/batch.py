@@ -318,7 +318,7 @@ class _Starting:
             self._client, _ = connect(self.warm)
             stale, total = stale_workers(self._client)
             if stale:
-                why = f"{stale} of its {total} workers hold older graders (restart it)"
+                why = f"{stale} of its {total} workers imported other grading code (restart it)"
             else:
                 self._client.register_plugin(GradingSetup(self.settings))
         except (ClusterUnavailable, OSError, TimeoutError) as exc:

@@ -412,8 +412,8 @@ def test_a_warm_cluster_with_older_graders_is_passed_over_in_one_line(warm, monk
             for worker, digest in real.items():
                 client.run(exec, _imported_code_becomes(digest), workers=[worker])
     note = [line for line in run.stderr.splitlines() if "warm cluster" in line]
-    assert note == [f"not grading on the warm cluster at {address}: 2 of its 2 workers hold older graders (restart "
-                    "it); a fresh cluster grades instead"], run.stderr[-3000:]
+    assert note == [f"not grading on the warm cluster at {address}: 2 of its 2 workers imported other grading code "
+                    "(restart it); a fresh cluster grades instead"], run.stderr[-3000:]
     [ada] = json.loads((tmp_path / "out" / "results.json").read_text())["submissions"]
     record = next(e for e in ada["exercises"] if e["exercise"] == "positional_encoding")
     assert record["status"] == "graded" and record["score"] == record["max_score"] > 0, record

@@ -103,6 +103,8 @@ def test_resume_keeps_journalled_records_and_grades_only_new_or_changed_files(tm
 
 class NoCluster:
     """Stands in for the Dask cluster (batch._Starting) where a test replaces batch._run."""
+    note = None                      # nothing to say: no warm cluster was tried
+
     def __init__(self, *args):
         pass
 
