@@ -301,7 +301,7 @@ def test_without_the_sandbox_the_same_attack_succeeds(tmp_path, monkeypatch):
         entries.append((case, "positional_encoding", tmp_path / case / src.name))
     warnings = []
     results = batch.grade_entries(entries, workers=1, device="cpu", progress=False, allow_unsandboxed=True,
-                                  timeout=TIMEOUT, console=type("C", (), {"print": staticmethod(warnings.append)}))
+                                  timeout=TIMEOUT, console=type("C", (), {"print": staticmethod(lambda line, **_: warnings.append(line))}))
     assert "WITHOUT isolation" in warnings[0]
     scores = {s.student: s.exercises[0].score for s in results.submissions}
     assert scores["read_solutions"] == scores["correct"] == results.max_score, results
