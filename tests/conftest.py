@@ -59,3 +59,19 @@ def installs():
     if "background" not in _installs:
         pytest.fail("the fresh installs were not started: run the tests through pytest's collection")
     return _installs["background"]
+
+
+# --- the example class graded by a LocalCluster (tests/class_runs.py): the reference of test_cluster and test_warm ----
+@pytest.fixture(scope="session")
+def timeless_class(tmp_path_factory):
+    from class_runs import CLASS, without_endless_loop
+    return without_endless_loop(CLASS, tmp_path_factory.mktemp("timeless") / "class")
+
+
+@pytest.fixture(scope="session")
+def local(tmp_path_factory, timeless_class):
+    """An uninterrupted LocalCluster run on the example class, 2 workers: the reference for every other run."""
+    from class_runs import grade
+    out = tmp_path_factory.mktemp("local")
+    grade(out, "--workers", "2", klass=timeless_class)
+    return out
