@@ -56,12 +56,10 @@ def serve(workers: int, port: int = DEFAULT_PORT, ready=print) -> None:
 
     from llmstudy.grader.cluster import OWN_GROUP_ENV, connect
     path = credentials_path()
-    if path.exists():
-        running = _read(path)
-        if running and _alive(running.get("pid")):
-            raise WarmClusterError(f"a warm cluster is already running at {running['address']} (pid {running['pid']}); "
-                                   "grade with it, or stop it first (Ctrl-C where it runs)")
-        path.unlink()                                   # left by one that was killed
+    if (found := _read(path)) and _alive(found.get("pid")):
+        raise WarmClusterError(f"a warm cluster is already running at {found['address']} (pid {found['pid']}); "
+                               "grade with it, or stop it first (Ctrl-C where it runs)")
+    path.unlink(missing_ok=True)                        # left by one that was killed
     try:
         security = Security.temporary()
     except ImportError:
@@ -102,8 +100,7 @@ def serve(workers: int, port: int = DEFAULT_PORT, ready=print) -> None:
 
 def running() -> str | None:
     """The address of this user's warm cluster, if its credentials file names a `llmstudy serve` still alive."""
-    path = credentials_path()
-    found = _read(path) if path.exists() else None
+    found = _read(credentials_path())
     if found and _alive(found.get("pid")) and isinstance(found.get("address"), str):
         return found["address"]
     return None
@@ -113,7 +110,7 @@ def security_for(address: str):
     """distributed Security for a warm cluster's tls:// address, from its credentials file."""
     from distributed.security import Security
     path = credentials_path()
-    running = _read(path) if path.exists() else None
+    running = _read(path)
     if not running or running.get("address") != address:
         where = f" (it names {running['address']})" if running else ""
         raise WarmClusterError(f"no credentials for {address} in {path}{where}; start the cluster with "
@@ -123,6 +120,7 @@ def security_for(address: str):
 
 
 def _read(path: Path) -> dict | None:
+    """The credentials file's contents; None if there is none or it can't be read."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
