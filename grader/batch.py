@@ -302,7 +302,7 @@ class _Starting:
         try:
             if self.warm is not None and self._on_warm():
                 return
-            self._client, self._cluster = connect(self.scheduler, workers)
+            self._client, self._cluster = connect(self.scheduler, workers, device=self.settings.device)
             if self._cluster is None:
                 check_code(self._client, self.scheduler)     # a warm or remote cluster may hold older graders
             self._client.register_plugin(GradingSetup(self.settings))

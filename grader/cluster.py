@@ -34,6 +34,7 @@ from distributed import WorkerPlugin
 from llmstudy.grader.results import ExerciseResult
 
 OWN_GROUP_ENV = "LLMSTUDY_WORKERS_OWN_GROUP"   # grader.warm: a terminal's Ctrl-C is for `llmstudy serve`, not its workers
+MODELS_ENV = "LLMSTUDY_FORKSERVER_MODELS"      # a device: the forkserver loads the models for it (grader.worker_preload)
 ALLOWED_FAILURES = 2         # retries after a worker died mid-task; the third death is the submission's `error`
 CONNECT_TIMEOUT = "10s"
 
@@ -280,12 +281,13 @@ def _grade_source(task: Task, source: str, worker, max_score: float) -> Exercise
 
 
 # --- on the grader's machine --------------------------------------------------------------------------------------
-def connect(scheduler: str | None, workers: int = 1, security=None, port: int = 0):
+def connect(scheduler: str | None, workers: int = 1, security=None, port: int = 0, device: str | None = None):
     """(Client, LocalCluster or None): the cluster at `scheduler`, or a new one here with `workers` processes (with
     `security`, a TLS one on 127.0.0.1:`port`: grader.warm). A tls:// scheduler is a warm cluster of this user's:
-    its credentials come from grader.warm."""
+    its credentials come from grader.warm. `device`: what the new cluster's workers grade on ("cpu", "auto"; None:
+    unknown); where that is the CPU, the process they are forked from loads the models once for all of them."""
     if scheduler is None:
-        forked = _forked_workers()          # first: the forkserver's imports are a fresh cluster's critical path
+        forked = _forked_workers(device)    # first: the forkserver's imports are a fresh cluster's critical path
         import dask
         from distributed import LocalCluster
 
@@ -363,7 +365,7 @@ def check_code(client, scheduler: str) -> None:
                                  "restart them (`llmstudy serve`, or your `dask worker`s) and grade again")
 
 
-def _forked_workers() -> bool:
+def _forked_workers(device: str | None) -> bool:
     """Whether this machine's workers can be forked from one process that imported grader.worker_preload once: with
     N workers, N - 1 fewer copies of ~3 core-s of imports, at the start of every class. Dask forks its workers from
     multiprocessing's forkserver when asked; its own preload list is replaced by ours (it would import pandas here
@@ -377,11 +379,15 @@ def _forked_workers() -> bool:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
     multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", "llmstudy.grader.worker_preload"])
-    os.environ[TEMPLATE_ENV] = "1"                  # the forkserver starts its workers' zygote template first
+    told = {TEMPLATE_ENV: "1"}                      # the forkserver starts its workers' zygote template first
+    if device is not None:
+        told[MODELS_ENV] = device
+    os.environ.update(told)
     try:
         forkserver.ensure_running()                 # returns at once; the forkserver imports in the background
     finally:
-        os.environ.pop(TEMPLATE_ENV, None)          # read once, by the forkserver just started
+        for name in told:
+            os.environ.pop(name, None)              # read once, by the forkserver just started
     import distributed.utils
     distributed.utils._forkserver_preload_set = True
     return True

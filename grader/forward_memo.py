@@ -85,6 +85,7 @@ class ForwardMemo:
         self._items: OrderedDict[bytes, tuple[torch.Tensor, object, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self.loaded: set[Path] = set()          # the files load() added since the last clear()
 
     @staticmethod
     def origin(model: str, device: str) -> bytes:
@@ -121,6 +122,7 @@ class ForwardMemo:
         with self._lock:
             self._items.clear()
             self._bytes = 0
+            self.loaded = set()
 
     def keys(self) -> list[bytes]:
         with self._lock:
@@ -164,6 +166,7 @@ class ForwardMemo:
             for i, (name, count) in enumerate(zip(names, layers)):
                 data = [(f.get_tensor(f"{i}.{n}.k"), f.get_tensor(f"{i}.{n}.v")) for n in range(count)]
                 self.put(bytes.fromhex(name), f.get_tensor(f"{i}.logits"), DynamicCache(ddp_cache_data=data))
+        self.loaded.add(Path(path))
         return len(names)
 
 

@@ -83,7 +83,7 @@ def memo_file() -> Path:
     return location() / f"forward-memo-{digest.hexdigest()[:16]}.safetensors"
 
 
-def warm_memo() -> str:
+def warm_memo(build: bool = True) -> str:
     """Fill the worker's forward memo (grader/forward_memo.PER_WORKER) with the forward passes that grading the
     reference solution of generation makes: the greedy steps every correct submission asks for. Computed once per
     machine (the reference's grade, in this process, on the grader's own model server) and kept in memo_file();
@@ -91,16 +91,22 @@ def warm_memo() -> str:
     The keys are computation paths (grader/forward_memo.py): a submission whose calls differ simply misses them,
     and the origin key of each path, with this folder's key, ties every entry to the model file, the versions and
     the thread count, so a loaded entry is bit for bit what the call would compute. "loaded", "built" or "failed:
-    ..." (the memo then fills as before, submission by submission)."""
+    ..." (the memo then fills as before, submission by submission). A worker forked from a process that loaded
+    the file (grader.worker_preload) has it already: "loaded" at once. Without `build`, only loaded: "missing" if
+    this machine has not computed it yet."""
     from llmstudy.grader.forward_memo import PER_WORKER as memo
     try:
         path = memo_file()
+        if path in memo.loaded:
+            return "loaded"
         if path.is_file():
             try:
                 memo.load(path)
                 return "loaded"
             except Exception:  # noqa: BLE001 - unreadable (a torn copy, another safetensors): computed again below
                 pass
+        if not build:
+            return "missing"
         from llmstudy.catalog import by_id
         from llmstudy.grader import runner
         from llmstudy.grader.extract import load_namespace

@@ -69,7 +69,7 @@ def serve(workers: int, port: int = DEFAULT_PORT, ready=print) -> None:
     # traceback, must not get it: their forkserver puts itself, and so them, in a process group of its own.
     os.environ[OWN_GROUP_ENV] = "1"
     try:
-        client, cluster = connect(None, workers=workers, security=security, port=port)
+        client, cluster = connect(None, workers=workers, security=security, port=port, device="auto")
     except OSError as exc:
         raise WarmClusterError(f"can't listen on {HOST}:{port} ({exc.strerror or exc}); pick another --port") from None
     finally:

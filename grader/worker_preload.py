@@ -4,15 +4,21 @@ Imported once by the process that a LocalCluster's grading workers are forked fr
 set up by grader.cluster.connect), so N workers on one machine pay these imports (~3 core-s: torch, transformers'
 model and loading modules, pytest, the graders' helpers and the references) once instead of N times; a remote
 `dask worker` imports them itself when GradingSetup starts (grader.cluster). Before importing, the forkserver starts
-a template for its workers' sandbox zygotes (grader/sandbox/launch.py), which imports beside it. Otherwise
-importing is all it does: no model, no thread, no CUDA. A process forked after CUDA's driver was initialised can't
-use CUDA, so should anything here ask whether a GPU exists, torch asks NVML instead (PYTORCH_NVML_BASED_CUDA_CHECK),
-which initialises nothing.
+a template for its workers' sandbox zygotes (grader/sandbox/launch.py), which imports beside it.
+
+When its workers grade on the CPU (grader.cluster.MODELS_ENV names the batch's device), it then loads the bundled
+models and this machine's forward memo (grader.reference_cache.warm_memo) for all of them: each worker used to load
+them in its first grade (~1.5 core-s each: the SmolLM2 tokenizer twice, the weights, transformers' loading
+machinery; about 2.3 s on a busy 2-core VM), and forked workers now share the weights' pages copy-on-write (never
+written: inference only) instead of holding a copy each. Only what is ready: SmolLM2 before its fp32 cache exists
+and a memo not yet computed are left to the workers, as before. Nothing for a GPU, and no thread, no CUDA: a process
+forked after CUDA's driver was initialised can't use CUDA, so torch asks NVML whether a GPU exists
+(PYTORCH_NVML_BASED_CUDA_CHECK), which initialises nothing, and the loads run on the one thread the workers use.
 """
 import importlib
 import os
 
-from llmstudy.grader.cluster import OWN_GROUP_ENV
+from llmstudy.grader.cluster import MODELS_ENV, OWN_GROUP_ENV
 from llmstudy.grader.sandbox import launch
 
 if os.environ.get(OWN_GROUP_ENV) == "1":
@@ -39,3 +45,20 @@ for _exercise in graded_exercises():
 from llmstudy.grader.cluster import code_digest  # noqa: E402
 
 IMPORTED_CODE = code_digest()        # what these imports were: an existing cluster's client checks it (check_code)
+
+
+def _load_models(device: str) -> None:
+    """The models and the memo for workers grading on `device`, if that is the CPU (see the module docstring)."""
+    from llmstudy import models
+    from llmstudy.grader.reference_cache import warm_memo
+    if models.resolve_device(device) != "cpu":
+        return
+    torch.set_num_threads(1)         # the workers' setting: the memo's keys and the references name the thread count
+    transformers.utils.logging.disable_progress_bar()   # no "Loading weights" bars in the grading terminal, no tqdm thread
+    for name in models.ready():
+        models.load(name, "cpu")
+    warm_memo(build=False)
+
+
+if os.environ.get(MODELS_ENV):
+    _load_models(os.environ[MODELS_ENV])

@@ -178,6 +178,12 @@ def smollm2_cache_built() -> bool:
     return _cache_is_built(_smollm2_cache())
 
 
+def ready() -> tuple[str, ...]:
+    """The bundled models that load() reads without building anything first (SmolLM2 once its fp32 cache exists)."""
+    return tuple(name for name, ok in (("smollm2", smollm2_cache_built()), ("minilm", _minilm_dir() is not None))
+                 if ok)
+
+
 def tokenizer_dirs() -> list[Path]:
     """Folders holding the bundled models' tokenizers (with their weights, which a sandbox covers)."""
     folders = [_smollm2_cache(), _minilm_dir()]

@@ -203,6 +203,42 @@ def test_an_unreachable_scheduler_is_one_line_saying_what_to_fix(tmp_path, monke
     assert "dask scheduler" in run.output and len(run.output.strip().splitlines()) == 1
 
 
+PROBE = """
+import json, sys
+from llmstudy.grader.cluster import connect
+
+def held():                           # on the worker, before any task or plugin: what it was forked with
+    import torch
+    from llmstudy import models
+    from llmstudy.grader.forward_memo import PER_WORKER
+    return models.load.cache_info().currsize, len(PER_WORKER.loaded), torch.get_num_threads()
+
+client, cluster = connect(None, 1, device=None if sys.argv[1] == "none" else sys.argv[1])
+print(json.dumps(list(client.run(held).values())))
+client.close()
+cluster.close()
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", "none"])
+def test_forked_workers_start_with_the_models_when_they_grade_on_the_cpu(device, one_thread):
+    """A LocalCluster grading on the CPU: its forkserver loaded the bundled models and the machine's forward memo, so
+    a worker holds them before its first task (forked, sharing their pages) on the workers' one thread. Without a
+    device (a cluster whose device is unknown) nothing is loaded ahead: the contrast shows the probe can fail."""
+    from llmstudy import models
+    from llmstudy.grader import reference_cache
+    # what the forkserver would load: this machine's memo, for one thread (one_thread: the workers' count)
+    assert reference_cache.memo_file().is_file() or reference_cache.warm_memo() == "built"
+    run = subprocess.run([sys.executable, "-c", PROBE, device], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    [(loaded, memo_files, threads)] = json.loads(run.stdout.strip().splitlines()[-1])
+    if device == "cpu":
+        assert (loaded, memo_files, threads) == (len(models.ready()), 1, 1) and len(models.ready()) == 2
+    else:
+        assert (loaded, memo_files) == (0, 0)
+
+
 # --- the wheel on a worker node -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def node(installs) -> Path:
