@@ -9,7 +9,8 @@
    b. `llmstudy grade --nbgrader COURSE`              (the same, plus writing nbgrader's gradebook)
    w. with --warm, `llmstudy grade CLASS` (as in a, without --workers) while `llmstudy serve` runs (grader/warm.py),
       which it then grades on,
-      after one batch that warms its workers: what a class costs once the ~10 s of start-up is paid
+      after one batch of another class (another seed) that warms its workers: what a class costs once the ~10 s
+      of start-up is paid
    c. `nbgrader autograde week1` on a copy of COURSE  (one kernel per notebook, one notebook at a time)
 4. checks that (b) and (c) give every student the same score (they run the same hidden tests), and writes
    bench/results/<date>-<host>.json and .md.
@@ -86,6 +87,18 @@ def warm_cluster(llmstudy: str, workers: int, work: Path):
             os.environ.pop(models.CACHE_ENV, None)
         else:
             os.environ[models.CACHE_ENV] = before
+
+
+def warm_up_class(course: Path, students: int, seed: int, work: Path) -> Path:
+    """Another class of the same size (another seed: other mutants, other students' variants), for the batch that
+    warms the warm cluster's workers up. Warming up on the class that is then timed would flatter the warm row: a
+    worker's forward memo (grader/forward_memo.py) keeps every step it computed, so the timed batch would find the
+    buggy submissions' own steps there too, where a new class finds only the correct ones' (the reference's)."""
+    other = work / "warm-up-course"
+    shutil.copytree(course, other)
+    shutil.rmtree(other / "submitted", ignore_errors=True)
+    generate_class(other, students, ASSIGNMENT, plain=work / "warm-up-class", seed=seed)
+    return work / "warm-up-class"
 
 
 def cpu_jiffies() -> tuple[int, int] | None:
@@ -237,7 +250,9 @@ def main() -> None:
             cmd = [llmstudy, "grade", str(klass), "--out", str(work / "llmstudy-warm.json"), "--device", "cpu",
                    *extra]                                          # no --workers: it finds the warm cluster
             out_json = Path(cmd[cmd.index("--out") + 1])
-            run(cmd, log=work / "llmstudy-warm.log")                 # the workers' first batch: models, memo
+            warmup = cmd.copy()                                       # the workers' first batch: models, memo...
+            warmup[warmup.index(str(klass))] = str(warm_up_class(course, args.students, args.seed + 1, work))
+            run(warmup, log=work / "llmstudy-warm.log")                 # ...on another class (see warm_up_class)
             runs = sorted((run(cmd, log=work / "llmstudy-warm.log",
                                journal=out_json.with_name(out_json.stem + ".journal.jsonl"))
                            for _ in range(args.repeat)), key=lambda t: t["seconds"])
