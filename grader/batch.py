@@ -298,13 +298,14 @@ class _Starting:
         self._thread.start()
 
     def _start(self, workers: int) -> None:
-        from llmstudy.grader.cluster import GradingSetup, check_code, connect
+        from llmstudy.grader.cluster import check_code, connect
         try:
             if self.warm is not None and self._on_warm():
                 return
             self._client, self._cluster = connect(self.scheduler, workers, device=self.settings.device)
             if self._cluster is None:
                 check_code(self._client, self.scheduler)     # a warm or remote cluster may hold older graders
+            from llmstudy.grader.worker import GradingSetup    # imports distributed: after connect() started
             self._client.register_plugin(GradingSetup(self.settings))
             self._registered = True
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
@@ -312,7 +313,8 @@ class _Starting:
 
     def _on_warm(self) -> bool:
         """Whether this batch is registered on the warm cluster; if not, `note` says why."""
-        from llmstudy.grader.cluster import ClusterUnavailable, GradingSetup, connect, stale_workers
+        from llmstudy.grader.cluster import ClusterUnavailable, connect, stale_workers
+        from llmstudy.grader.worker import GradingSetup
         why = None
         try:
             self._client, _ = connect(self.warm)
@@ -357,7 +359,7 @@ def _submit(client, tasks: dict[int, tuple[Task, str]]) -> dict:
     order, each student's files longest first: the costly generation grades are spread over the class (two at once
     slow each other down: both read the model's 540 MB of weights at every step) and the class ends with short tasks
     on every worker, not one worker still grading a notebook while the others idle."""
-    from llmstudy.grader.cluster import grade_task
+    from llmstudy.grader.worker import grade_task
 
     students = {task.student: n for n, (task, _) in enumerate(tasks.values())}      # each student's last position
 

@@ -3,7 +3,7 @@
 Imported once by the process that a LocalCluster's grading workers are forked from (multiprocessing's forkserver,
 set up by grader.cluster.connect), so N workers on one machine pay these imports (~3 core-s: torch, transformers'
 model and loading modules, pytest, the graders' helpers and the references) once instead of N times; a remote
-`dask worker` imports them itself when GradingSetup starts (grader.cluster). Before importing, the forkserver starts
+`dask worker` imports them itself when GradingSetup starts (grader.worker). Before importing, the forkserver starts
 a template for its workers' sandbox zygotes (grader/sandbox/launch.py), which imports beside it.
 
 When its workers grade on the CPU (grader.cluster.MODELS_ENV names the batch's device), it then loads the bundled
@@ -35,7 +35,7 @@ import transformers.models.bert.modeling_bert  # noqa: E402,F401  all-MiniLM-L6-
 import transformers.models.distilbert.modeling_distilbert  # noqa: E402,F401  the positional-encoding oracle
 import transformers.models.llama.modeling_llama  # noqa: E402,F401  SmolLM2
 
-from llmstudy.grader import model_server, runner  # noqa: E402,F401
+from llmstudy.grader import model_server, runner, worker  # noqa: E402,F401
 from llmstudy.grader.batch import graded_exercises  # noqa: E402
 from llmstudy.grader.sandbox import client  # noqa: E402,F401
 

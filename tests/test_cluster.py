@@ -64,16 +64,16 @@ def remote(tmp_path_factory):
 DIRECT = """
 import json, sys
 from pathlib import Path
-from llmstudy.grader import cluster
+from llmstudy.grader import cluster, worker
 from llmstudy.grader.batch import find_submissions
 settings = cluster.Settings(device="cpu", timeout=8.0, budget=80.0)
-setup = cluster.GradingSetup(settings)
+setup = worker.GradingSetup(settings)
 setup.setup(None)
 records = []
 for student, exercise, path in find_submissions(Path(sys.argv[1])):
     if student == sys.argv[2] and path is not None:
         task = cluster.Task(student, exercise, path.name, path.read_bytes(), settings.plugin_name)
-        records.append(cluster._grade(task, setup).to_dict())
+        records.append(worker._grade(task, setup).to_dict())
 setup.teardown(None)
 print(json.dumps(records))
 """

@@ -70,15 +70,15 @@ def test_a_warm_cluster_with_older_graders_is_passed_over_in_one_line(warm, monk
     the test below). Its workers are made to say they imported other graders, as after an edit since it started."""
     from distributed import Client
 
-    from llmstudy.grader import cluster
     from llmstudy.grader.warm import security_for
+    from llmstudy.grader.worker import imported_code
     address, _, env, _ = warm
     klass = tmp_path / "class"
     (klass / "ada").mkdir(parents=True)
     shutil.copy(CLASS / "ada" / "01_positional_encoding.py", klass / "ada")
     monkeypatch.setenv("LLMSTUDY_CACHE", env["LLMSTUDY_CACHE"])
     with Client(address, timeout="30s", security=security_for(address)) as client:
-        real = client.run(cluster._imported_code)                  # {worker: the digest it really imported}
+        real = client.run(imported_code)                  # {worker: the digest it really imported}
         client.run(exec, _imported_code_becomes("0" * 16))
         try:
             run = grade(tmp_path / "out", klass=klass, env=env)
