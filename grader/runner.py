@@ -103,8 +103,14 @@ def _without_outer_assertion_rewriting():
 # plugin runs gc.collect() at session end, ~0.5 s per run with torch and a model loaded, i.e. most of a grade's time.
 # no:logging: its per-phase log capture costs ~20 ms a grade; no grader logs. --assert=plain: see the module docstring.
 # --disable-plugin-autoload: the plugins installed beside pytest (pytest-timeout, anyio here; pytest-randomly, which
-# reorders and reseeds, elsewhere) must not change a grade; loading them cost ~20 ms a grade.
+# reorders and reseeds, elsewhere) must not change a grade; loading them cost ~20 ms a grade. The builtin plugins
+# of UNUSED go too: no grader uses their fixtures (tmp_path, monkeypatch, recwarn, ...), doctests, unittest classes,
+# reports or pdb, and --capture=no skips re-pointing file descriptors around every phase (runner.grade swallows stdout
+# itself; learner output is in its own process). Together ~15 ms of a ~60 ms stub grade (alternating runs).
+UNUSED = ("doctest", "junitxml", "pastebin", "stepwise", "setuponly", "setupplan", "legacypath", "tmpdir",
+          "monkeypatch", "recwarn", "faulthandler", "threadexception", "debugging", "unittest", "python_path")
 PYTEST_ARGS = ("-p", "no:cacheprovider", "-p", "no:terminal", "-p", "no:unraisableexception", "-p", "no:logging",
+               *(arg for name in UNUSED for arg in ("-p", f"no:{name}")), "--capture=no",
                "--disable-plugin-autoload", "--assert=plain", "-o", "addopts=", "-W", "ignore::DeprecationWarning")
 
 
