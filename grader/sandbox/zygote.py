@@ -158,6 +158,8 @@ def _preload(config: dict) -> None:
     leaked = sorted(m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in LEAKS))
     if leaked:
         raise RuntimeError(f"the learner side imported {', '.join(leaked)}; it must never hold grader code")
+    import gc
+    gc.freeze()     # torch and the tokenizers: a child's collections skip them, and leave the pages it shares alone
 
 
 def _kill(pid: int, sandboxed: bool) -> str:
