@@ -12,8 +12,8 @@ importing this module (e.g. for `llmstudy models`) stays cheap.
 from __future__ import annotations
 
 import functools
-import json
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -211,7 +211,8 @@ def _bundled_tokenizer(folder: Path):
     """A bundled model's tokenizer, of the class its tokenizer_config.json names. AutoTokenizer picks that same class
     for both bundled folders (tests/test_models.py checks it), but transformers 5's AutoTokenizer loads the model's
     config first, and SmolLM2's (LlamaConfig) imports transformers' model-loading machinery (torch.distributed.tensor,
-    sympy, accelerate): ~1.3 core-s in every sandbox zygote template, which only ever needs the tokenizer."""
+    sympy, accelerate), which every sandbox zygote template paid for a tokenizer (its start: 4.4-4.8 -> 3.8-4.0
+    core-s)."""
     from transformers import AutoTokenizer
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 

@@ -151,7 +151,8 @@ def _import(tokenizers: tuple[str, ...]) -> None:
 
 
 def _preload(config: dict) -> None:
-    """After _import: the config's tokenizers too (each loads once: models.load_tokenizer is cached)."""
+    """After _import: the config's tokenizers too (each loads once: models.load_tokenizer is cached), the leak check,
+    and gc.freeze() over all of it."""
     from llmstudy import models
     for name in config["tokenizers"]:
         models.load_tokenizer(name)
