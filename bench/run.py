@@ -12,6 +12,8 @@
       after one batch of another class (another seed) that warms its workers: what a class costs once the ~10 s
       of start-up is paid
    c. `nbgrader autograde week1` on a copy of COURSE  (one kernel per notebook, one notebook at a time)
+   (a), (b) and (c) run in rounds: round r runs (a), then (b), then nbgrader on the r-th share of its students, so a
+   VM that speeds up or slows down during the benchmark slows both sides of a round alike;
 4. checks that (b) and (c) give every student the same score (they run the same hidden tests), and writes
    bench/results/<date>-<host>.json and .md.
 
@@ -20,7 +22,11 @@ the share of CPU time the hypervisor stole meanwhile: a noisy neighbour on a sha
 its load average, and core-seconds are not counted while stolen.
 
 --repeat R runs (a), (b) and (w) R times and reports the median, with the fastest and slowest: on a shared 2-core VM one
-run of a 20 s class varies by +-3 s. (c) runs once (minutes, and its spread is a smaller share of its time).
+run of a 20 s class varies by +-3 s, and in the same hour by up to 1.4x (24.6 -> 34.7 s, 2026-12-03). nbgrader's
+students are split over the R rounds, each share in a copy of COURSE of its own (one `nbgrader autograde` per round,
+each paying nbgrader's own start-up of a few seconds). "vs nbgrader" divides by nbgrader's seconds per submission
+over all rounds; "same round" is the median over rounds of the ratio within a round, the figure a drifting VM moves
+least. With R above K, the last rounds have no nbgrader share and no same-round ratio.
 
 A submission is one student's assignment: one notebook per exercise. --nbgrader-students K times nbgrader on the
 first K students only (its cost per notebook doesn't depend on the class size: every notebook gets a fresh kernel).
@@ -185,6 +191,21 @@ def exported_scores(course: Path) -> dict[str, float]:
         return {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
 
 
+def shares(students: list[str], rounds: int) -> list[list[str]]:
+    """`students` in `rounds` consecutive shares, as even as they go; rounds beyond len(students) get none."""
+    n = min(rounds, len(students))
+    return [students[len(students) * i // n:len(students) * (i + 1) // n] for i in range(n)] + [[]] * (rounds - n)
+
+
+def nbgrader_course(course: Path, students: list[str], folder: Path) -> Path:
+    """A copy of `course` whose submitted/ holds only `students`: what one round's `nbgrader autograde` grades."""
+    shutil.copytree(course, folder)
+    for entry in (folder / "submitted").iterdir():
+        if entry.name not in students:
+            shutil.rmtree(entry)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--students", type=int, default=8)
@@ -205,7 +226,7 @@ def main() -> None:
         raise SystemExit(f"{work} is not empty")
     work.mkdir(parents=True, exist_ok=True)
     llmstudy = str(Path(sys.executable).parent / "llmstudy")
-    course, plain, klass = work / "course", work / "nbgrader-plain", work / "class"
+    course, klass = work / "course", work / "class"
     extra = ["--allow-unsandboxed"] if args.allow_unsandboxed else []
 
     exercises = [e for e in EXERCISES if e.notebook_path.exists() and e.solution_path.exists()
@@ -215,10 +236,10 @@ def main() -> None:
          *[a for e in exercises for a in ("--exercise", e.id)]])
     run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT], cwd=course)
     manifest = generate_class(course, args.students, ASSIGNMENT, plain=klass, seed=args.seed)
-    shutil.copytree(course, plain)
     k = args.nbgrader_students or args.students
-    for student in sorted(manifest)[k:]:
-        shutil.rmtree(plain / "submitted" / student)
+    rounds = shares(sorted(manifest)[:k], args.repeat)
+    plains = [nbgrader_course(course, share, work / f"nbgrader-plain-{r + 1}") if share else None
+              for r, share in enumerate(rounds)]
     mix: dict[str, int] = {}
     for per_student in manifest.values():
         for entry in per_student.values():
@@ -234,15 +255,35 @@ def main() -> None:
                                       "--out", str(work / "llmstudy-nbgrader.json"), "--workers", str(args.workers),
                                       "--device", "cpu", *extra]}
     details: dict[str, Timing] = {}
-    for letter, (name, cmd) in zip("ab", commands.items()):
-        print(f"{letter}. {name} ({args.workers} workers, {args.repeat} run(s)) ...")
-        log = work / ("llmstudy-nbgrader.log" if "--nbgrader" in name else "llmstudy.log")
-        out_json = Path(cmd[cmd.index("--out") + 1])
-        runs = sorted((run(cmd, log=log, journal=out_json.with_name(out_json.stem + ".journal.jsonl"))
-                       for _ in range(args.repeat)), key=lambda t: t["seconds"])
+    by_round: dict[str, list[Timing]] = {name: [] for name in [*commands, "nbgrader autograde"]}
+    for r, (share, plain) in enumerate(zip(rounds, plains)):
+        print(f"round {r + 1}/{args.repeat}:")
+        for letter, (name, cmd) in zip("ab", commands.items()):
+            print(f"  {letter}. {name} ({args.workers} workers) ...")
+            log = work / ("llmstudy-nbgrader.log" if "--nbgrader" in name else "llmstudy.log")
+            out_json = Path(cmd[cmd.index("--out") + 1])
+            by_round[name].append(run(cmd, log=log, journal=out_json.with_name(out_json.stem + ".journal.jsonl")))
+        if share:
+            print(f"  c. nbgrader autograde ({len(share)} of {k} students, sequential) ...")
+            by_round["nbgrader autograde"].append(run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT,
+                                                       "--force"], cwd=plain, log=work / f"nbgrader-{r + 1}.log"))
+    for name in commands:
+        runs = sorted(by_round[name], key=lambda t: t["seconds"])
         details[name] = runs[len(runs) // 2]                       # the median run's own figures (R odd)
         timings[name] = statistics.median(t["seconds"] for t in runs)
         spread[name] = (runs[0]["seconds"], runs[-1]["seconds"])
+    theirs_runs = by_round["nbgrader autograde"]
+    details["nbgrader autograde"] = Timing(
+        seconds=sum(t["seconds"] for t in theirs_runs), first_record=None,
+        core_seconds=None if None in [t["core_seconds"] for t in theirs_runs]
+        else sum(t["core_seconds"] for t in theirs_runs),
+        steal=None if None in [t["steal"] for t in theirs_runs] else statistics.mean(t["steal"] for t in theirs_runs))
+    timings["nbgrader autograde"] = details["nbgrader autograde"]["seconds"]
+    per_student = [t["seconds"] / len(share) for t, share in zip(theirs_runs, [s for s in rounds if s])]
+    spread["nbgrader autograde"] = (min(per_student) * k, max(per_student) * k)
+    same_round = {name: statistics.median(theirs / (ours["seconds"] / args.students)
+                                          for ours, theirs in zip(by_round[name], per_student))
+                  for name in commands}
     if args.warm:
         name = "llmstudy grade, llmstudy serve running (warm)"
         print(f"w. {name} ({args.workers} workers of `llmstudy serve`, one batch to warm up, {args.repeat} run(s)) ...")
@@ -261,13 +302,9 @@ def main() -> None:
                 raise SystemExit(f"the warm row did not grade on {address}: see {work / 'llmstudy-warm.log'}")
         details[name], timings[name] = runs[len(runs) // 2], statistics.median(t["seconds"] for t in runs)
         spread[name] = (runs[0]["seconds"], runs[-1]["seconds"])
-    print(f"c. nbgrader autograde ({k} students, sequential) ...")
-    details["nbgrader autograde"] = run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT, "--force"],
-                                        cwd=plain, log=work / "nbgrader.log")
-    timings["nbgrader autograde"] = details["nbgrader autograde"]["seconds"]
-    spread["nbgrader autograde"] = (timings["nbgrader autograde"],) * 2
-
-    ours, theirs = exported_scores(course), exported_scores(plain)
+    ours, theirs = exported_scores(course), {}
+    for plain in filter(None, plains):
+        theirs.update(exported_scores(plain))
     disagree = {s: (ours[s], theirs[s]) for s in theirs if abs(ours[s] - theirs[s]) > 1e-6}
     submissions = {"llmstudy grade": args.students, "llmstudy grade --nbgrader": args.students,
                    "llmstudy grade, llmstudy serve running (warm)": args.students, "nbgrader autograde": k}
@@ -280,10 +317,11 @@ def main() -> None:
         "runs": {name: {"submissions": submissions[name], "notebooks": submissions[name] * len(exercises),
                         "seconds": round(timings[name], 2),
                         "seconds_min_max": [round(t, 2) for t in spread[name]], "repeats": args.repeat
-                        if name != "nbgrader autograde" else 1,
+                        if name != "nbgrader autograde" else len(theirs_runs),
                         "seconds_per_submission": round(per_submission[name], 3),
                         "seconds_per_notebook": round(per_submission[name] / len(exercises), 3),
                         "speedup_vs_nbgrader": round(baseline / per_submission[name], 1),
+                        "speedup_vs_nbgrader_same_round": round(same_round[name], 1) if name in same_round else None,
                         **_cost(details[name], submissions[name])}
                  for name in timings},
         "scores_agree": {"students_compared": len(theirs), "disagreements": disagree},
@@ -321,23 +359,28 @@ def markdown(r: dict) -> str:
              f"notebook at a time. Load average (1 min) {r['load_average_1min']['before']} before, "
              f"{r['load_average_1min']['after']} after.", "",
              "| command | submissions | wall s (median) | fastest-slowest | first record s | s / submission | "
-             "s / notebook | vs nbgrader | core-s / submission | CPU stolen |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "s / notebook | vs nbgrader | same round | core-s / submission | CPU stolen |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def figure(value, fmt: str, unit: str = "") -> str:
         return "-" if value is None else f"{value:{fmt}}{unit}"
     for name, run_ in r["runs"].items():
         low, high = run_.get("seconds_min_max", (run_["seconds"],) * 2)
         lines.append(f"| `{name}` | {run_['submissions']} | {run_['seconds']:.1f} | "
-                     f"{low:.1f}-{high:.1f} ({run_.get('repeats', 1)} runs) | "
+                     f"{low:.1f}-{high:.1f} ({run_.get('repeats', 1)} "
+                     f"{'rounds' if name == 'nbgrader autograde' else 'runs'}) | "
                      f"{figure(run_.get('first_record_seconds'), '.1f')} | "
                      f"{run_['seconds_per_submission']:.2f} | {run_['seconds_per_notebook']:.2f} | "
-                     f"{run_['speedup_vs_nbgrader']:.1f}x | {figure(run_.get('core_seconds_per_submission'), '.2f')} | "
+                     f"{run_['speedup_vs_nbgrader']:.1f}x | {figure(run_.get('speedup_vs_nbgrader_same_round'), '.1f', 'x')} | "
+                     f"{figure(run_.get('core_seconds_per_submission'), '.2f')} | "
                      f"{figure(run_.get('steal_percent'), '.0f', '%')} |")
     lines += ["", "First record: seconds until `llmstudy grade` journalled its first result (start-up: the workers' "
               "imports, the sandbox, the first grade). Core-s: the whole machine's busy CPU time during the command "
               "(the workers and sandboxed children included), per submission; CPU stolen: the share of CPU time "
-              "the hypervisor gave to other guests meanwhile, which slows a run without showing in its load."]
+              "the hypervisor gave to other guests meanwhile, which slows a run without showing in its load. "
+              "Rounds: each round ran `llmstudy grade`, `llmstudy grade --nbgrader`, then nbgrader on its share of "
+              "the students; nbgrader's fastest-slowest is its per-student time of the fastest and slowest round, "
+              "times its students. Same round: the median over rounds of the ratio within one round."]
     agree = r["scores_agree"]
     lines += ["", f"Scores: `llmstudy grade --nbgrader` and `nbgrader autograde` agree for "
                   f"{agree['students_compared'] - len(agree['disagreements'])}/{agree['students_compared']} students"
