@@ -458,11 +458,12 @@ main.add_command(lab)
                    "nbgrader generate_assignment.")
 def release(out, notebooks):
     """Build OUT for learners: the notebooks, the public tests and a package to self-check; never the answers."""
-    from llmstudy import release as rel
+    from llmstudy.release import ReleaseError
+    from llmstudy.release.build import build
 
     try:
-        built = rel.build(out, notebooks)
-    except rel.ReleaseError as exc:
+        built = build(out, notebooks)
+    except ReleaseError as exc:
         raise UserError(str(exc)) from None
     for line in built.lines():
         click.echo(line)

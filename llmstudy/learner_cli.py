@@ -1,4 +1,4 @@
-"""The `llmstudy` command of a learner's release (see llmstudy/release.py): `llmstudy check FILE` and `llmstudy lab`.
+"""The `llmstudy` command of a learner's release (see llmstudy/release/): `llmstudy check FILE` and `llmstudy lab`.
 
 It runs on the learner's machine with only the learner package installed (the models loader, check() and the public
 tests); the repository's own cli.py reuses `lab` from here.

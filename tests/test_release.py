@@ -36,7 +36,7 @@ from llmstudy.grader import nbgrader as nbg
 from llmstudy.grader.extract import load_namespace
 from llmstudy.grader.runner import grade
 from llmstudy.grader.submission import InProcessSubmission
-from llmstudy import release as rel
+from llmstudy.release import FORBIDDEN, ReleaseError, leaks, public_tests
 from llmstudy.catalog import EXERCISES, by_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,27 +95,27 @@ def test_release_ships_exactly_the_public_tests(built):
         assert names == want, ex.id
         imported = {a.name for n in ast.walk(shipped) if isinstance(n, ast.Import) for a in n.names} | \
                    {n.module for n in ast.walk(shipped) if isinstance(n, ast.ImportFrom)}
-        assert not any(m.startswith(rel.FORBIDDEN) for m in imported), (ex.id, imported)
+        assert not any(m.startswith(FORBIDDEN) for m in imported), (ex.id, imported)
 
 
 def test_release_has_no_leaks(built):
     out, _ = built
     hidden, values = set(), set()
     for ex in EXERCISES:
-        cut = rel.cut_public_tests(ex, ex.grader_path.read_text(encoding="utf-8"))
+        cut = public_tests.cut_public_tests(ex, ex.grader_path.read_text(encoding="utf-8"))
         hidden |= set(cut.hidden)
-        values |= rel.hidden_values(cut)
+        values |= leaks.hidden_values(cut)
     assert hidden and values          # there is something to look for
-    assert rel.find_leaks(out, hidden, values) == []
+    assert leaks.find_leaks(out, hidden, values) == []
 
 
 def test_leak_check_catches_an_answer_a_hidden_name_and_a_hidden_value(built, tmp_path):
     out, _ = built
     copy = tmp_path / "leaky"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".venv"))
-    cut = rel.cut_public_tests(by_id("prompting"), by_id("prompting").grader_path.read_text(encoding="utf-8"))
-    values = rel.hidden_values(cut)
-    given = rel._given_lines() | rel._import_lines()
+    cut = public_tests.cut_public_tests(by_id("prompting"), by_id("prompting").grader_path.read_text(encoding="utf-8"))
+    values = leaks.hidden_values(cut)
+    given = leaks._given_lines() | leaks._import_lines()
     answer = next(line.strip() for line in (ROOT / "solutions" / "sampling.py").read_text().splitlines()
                   if len(line.strip()) > 30 and line.strip() not in given)
     value = sorted(v for v in values if isinstance(v, str))[0]
@@ -125,11 +125,11 @@ def test_leak_check_catches_an_answer_a_hidden_name_and_a_hidden_value(built, tm
         f.write(f"\n    {answer}\nLEAK = {value!r}\n")
     with open(copy / ".gitignore", "a") as f:
         f.write(f"# {cut.hidden[0]}_and_more is another name, not the hidden test's\n")
-    leaks = rel.find_leaks(copy, set(cut.hidden), values)
-    assert not any(".gitignore" in x for x in leaks), leaks
-    assert any("README.md" in x and cut.hidden[0] in x for x in leaks), leaks
-    assert any("selfcheck.py" in x and "solutions/sampling.py" in x for x in leaks), leaks
-    assert any("selfcheck.py" in x and "hidden expected value" in x for x in leaks), leaks
+    found = leaks.find_leaks(copy, set(cut.hidden), values)
+    assert not any(".gitignore" in x for x in found), found
+    assert any("README.md" in x and cut.hidden[0] in x for x in found), found
+    assert any("selfcheck.py" in x and "solutions/sampling.py" in x for x in found), found
+    assert any("selfcheck.py" in x and "hidden expected value" in x for x in found), found
 
 
 def test_public_tests_cut_keeps_what_they_need_and_drops_the_rest():
@@ -167,15 +167,15 @@ def test_public_one(data):
 def test_hidden_one():
     assert hidden_helper() == 3
 '''
-    cut = rel.cut_public_tests(by_id("attention"), source)
+    cut = public_tests.cut_public_tests(by_id("attention"), source)
     kept = {n.name if hasattr(n, "name") else ast.unparse(n) for n in ast.parse(cut.source).body}
     assert {"helper", "data", "test_public_one", "TOL = 1e-05", "import math", "import pytest"} <= kept
     assert not {"hidden_helper", "test_hidden_one"} & kept
     assert "solutions" not in cut.source and "SECRET" not in cut.source and "secret oracle" not in cut.source
     assert cut.public == ["test_public_one"] and cut.hidden == ["test_hidden_one"]
-    assert "only the hidden test compares with this" in rel.hidden_values(cut)
-    with pytest.raises(rel.ReleaseError, match="solutions"):
-        rel.cut_public_tests(by_id("attention"), source.replace("helper(data[1])", "ref.answer(data[1])"))
+    assert "only the hidden test compares with this" in leaks.hidden_values(cut)
+    with pytest.raises(ReleaseError, match="solutions"):
+        public_tests.cut_public_tests(by_id("attention"), source.replace("helper(data[1])", "ref.answer(data[1])"))
 
 
 def test_public_prompt_oracle_agrees_with_the_reference():
