@@ -7,7 +7,7 @@ Identity, so that re-importing updates instead of duplicating:
 - each `--lang` is its own variant (own root deck, note types and GUIDs): pick one, or import several side by side;
 - a concept that was split keeps its id, and so its notes' GUIDs and review history, for the part closest to its old
   meaning; the other parts are new concepts (tests/test_cards_edition.py imports the second edition over the first);
-- note types keep their fields and template names (their schema, see BASIC_FIELDS), or Anki would not update them.
+- note types keep their fields and template names (their schema: cards/note_types.py), or Anki would not update them.
 
 What a card shows: one language on the front (Japanese in the 'both' variant, the other language in a closed
 <details> block), a context cue (lecture, and lifecycle stage where one applies), and on the back the exercise that
@@ -25,7 +25,6 @@ Note types are stamped the same way, from a hash of their fields, templates and 
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import html
 import io
@@ -39,8 +38,9 @@ from typing import Callable, Iterable
 
 from llmstudy.cards.data import CardDataError, Concept, cue, deeper_note
 from llmstudy.cards.figures import media_name
+from llmstudy.cards.note_types import (NAMESPACE, ja_block, model_hash, note_types, other_language,
+                                       primary_lang, stable_id, stamped_note)
 
-NAMESPACE = "llmstudy/week1"
 REVISIONS = "revisions.json"     # lives beside the concept files it stamps: cards/concepts/revisions.json
 LANGS = ("ja", "en", "both")
 ROOT_DECK = {"both": "LLM Week 1", "ja": "LLM Week 1 (日本語)", "en": "LLM Week 1 (English)"}
@@ -50,101 +50,6 @@ ROOT_DESCRIPTION = {
     "en": "The concepts of week 1 of 'Generative AI with Large Language Models'. Built by llmstudy.",
 }
 ID_BASE = 1_700_000_000   # note and card ids count up from here (ms); Anki matches notes by GUID, not by id
-
-# Colours are chosen for contrast (WCAG 2 AA, at least 4.5:1 against the card's background, day and night);
-# tests/test_cards.py computes every ratio from this CSS.
-CSS = """\
-.card { font-family: "Helvetica Neue", Arial, sans-serif; font-size: 20px; line-height: 1.5;
-        text-align: left; max-width: 42em; margin: 0 auto; color: #000000; background: #ffffff; }
-.nightMode.card { color: #eeeeee; background: #222222; }
-[lang="ja"] { font-family: "Hiragino Sans", "Hiragino Kaku Gothic ProN", "Noto Sans CJK JP", "Noto Sans JP",
-              "Yu Gothic", Meiryo, sans-serif; }
-.term { font-size: 28px; font-weight: bold; text-align: center; }
-.term-other { text-align: center; color: #595959; }
-.nightMode .term-other { color: #b3b3b3; }
-.explanation { margin-top: 0.6em; }
-.figure img { max-width: 100%; }
-.cue { font-size: 16px; text-align: center; color: #595959; margin-bottom: 0.6em; }
-.nightMode .cue { color: #b3b3b3; }
-.exercise { margin-top: 0.8em; font-size: 16px; color: #595959; }
-.nightMode .exercise { color: #b3b3b3; }
-.front-context .more, .back-context .cue { display: none; }
-.cloze { font-weight: bold; color: #1565c0; }
-.nightMode .cloze { color: #90caf9; }
-details { margin-top: 0.6em; font-size: 18px; }
-summary { color: #595959; cursor: pointer; }
-.nightMode summary { color: #b3b3b3; }
-"""
-
-# Field lists and template names are the note types' schema: Anki updates a note on re-import only when the
-# incoming note type has the same schema as the one in the collection (otherwise the note "conflicts" and stays
-# old, unless the learner ticks "Merge note types"). So the first edition's fields stay as they were: the basic
-# note's "Exercise" field now holds the whole context line (cue, exercise, deeper week), and the cloze texts
-# start with their cue. Reverse cards are a note type of their own, new in the second edition.
-BASIC_FIELDS = ("Id", "Term_ja", "Term_en", "Explanation_ja", "Explanation_en", "Figure", "Exercise")
-CLOZE_FIELDS = ("Id", "Text_ja", "Text_en", "Term_ja", "Term_en", "Figure")
-REVERSE_FIELDS = ("Id", "Definition_ja", "Definition_en", "Term_ja", "Term_en", "Context")
-OTHER = {"ja": "en", "en": "ja"}
-SUMMARY = {"en": "English", "ja": '<span lang="ja">日本語</span>'}
-
-
-def _field(lang: str, field: str, cls: str, kind: str = "") -> str:
-    return f'<div lang="{lang}" class="{cls}">{{{{{kind}{field}}}}}</div>'
-
-
-def _details(lang: str, inner: str) -> str:
-    """The other language, on demand: a closed <details> block (Anki's webview and AnkiDroid support it)."""
-    return f'<details lang="{lang}"><summary>{SUMMARY[lang]}</summary>{inner}</details>'
-
-
-def _primary(lang: str) -> str:
-    return "ja" if lang == "both" else lang
-
-
-_FIGURE = '{{#Figure}}<div class="figure">{{Figure}}</div>{{/Figure}}'
-_FRONT_CONTEXT = '{{#Exercise}}<div class="front-context">{{Exercise}}</div>{{/Exercise}}'
-_BACK_CONTEXT = '{{#Exercise}}<div class="back-context">{{Exercise}}</div>{{/Exercise}}'
-
-
-def _basic_templates(lang: str) -> list[dict]:
-    """One language on the front; in 'both', the other language only in a closed <details> block."""
-    one = _primary(lang)
-    front = _FRONT_CONTEXT + _field(one, f"Term_{one}", "term")
-    back_text = _field(one, f"Explanation_{one}", "explanation")
-    if lang == "both":
-        front += _details("en", _field("en", "Term_en", "term-other"))
-        back_text += _details("en", _field("en", "Explanation_en", "explanation"))
-    name = {"ja": "用語 → 説明", "en": "Term → explanation", "both": "Term → explanation (ja + en)"}[lang]
-    return [{"name": name, "qfmt": front,
-             "afmt": f'{front}<hr id="answer">{back_text}{_FIGURE}{_BACK_CONTEXT}'}]
-
-
-def _cloze_templates(lang: str) -> list[dict]:
-    one = _primary(lang)
-    front = f'<div lang="{one}">{{{{cloze:Text_{one}}}}}</div>'
-    terms = _field(one, f"Term_{one}", "term-other")
-    if lang == "both":
-        front += _details("en", '<div lang="en">{{cloze:Text_en}}</div>')
-        terms += _details("en", _field("en", "Term_en", "term-other"))
-    return [{"name": "Cloze", "qfmt": front, "afmt": f'{front}<hr id="answer">{terms}{_FIGURE}'}]
-
-
-def _reverse_templates(lang: str) -> list[dict]:
-    """Definition -> term. The context line is the front's cue only (it never names the term)."""
-    one = _primary(lang)
-    front = '<div class="cue">{{Context}}</div>' + _field(one, f"Definition_{one}", "explanation")
-    answer = _field(one, f"Term_{one}", "term")
-    if lang == "both":
-        front += _details("en", _field("en", "Definition_en", "explanation"))
-        answer += _details("en", _field("en", "Term_en", "term-other"))
-    name = {"ja": "説明 → 用語", "en": "Definition → term", "both": "Definition → term (ja + en)"}[lang]
-    return [{"name": name, "qfmt": front, "afmt": f'{front}<hr id="answer">{answer}'}]
-
-
-def stable_id(*parts: str) -> int:
-    """A fixed id in [2^30, 2^31) for a name under NAMESPACE, the range genanki recommends for model/deck ids."""
-    digest = hashlib.sha256("/".join((NAMESPACE, *parts)).encode()).digest()
-    return (1 << 30) + int.from_bytes(digest[:8], "big") % (1 << 30)
 
 
 def note_guid(lang: str, kind: str, concept_id: str) -> str:
@@ -162,10 +67,10 @@ def deck_name(lang: str, concept: Concept, section_number: int) -> str:
 
 
 def note_fields(concept: Concept, lang: str) -> dict[str, list[str]]:
-    """The field values of the concept's notes in the `lang` variant: {"basic": BASIC_FIELDS values, and
+    """The field values of the concept's notes in the `lang` variant: {"basic": note_types.BASIC_FIELDS values, and
     "cloze": CLOZE_FIELDS, "reverse": REVERSE_FIELDS where the concept has them}."""
     c = concept
-    one = _primary(lang)
+    one = primary_lang(lang)
     figure = f'<img src="{media_name(c.figure, one)}">' if c.figure else ""
     cue_line = cue(c, one)
     more = [x for x in (exercise_label(c.exercise, one), deeper_note(c, one)) if x]
@@ -301,9 +206,9 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
     revisions = Revisions.load(revisions_path)
     t = now()
 
-    models = _models(lang)
+    models = note_types(lang)
     for model in models.values():
-        model.mod = revisions.stamp(f"notetype:{model.name}", _model_hash(model), t)
+        model.mod = revisions.stamp(f"notetype:{model.name}", model_hash(model), t)
 
     root = genanki.Deck(stable_id("deck", ROOT_DECK[lang]), ROOT_DECK[lang], description=ROOT_DESCRIPTION[lang])
     decks: dict[str, genanki.Deck] = {root.name: root}
@@ -315,14 +220,14 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
         deck = decks.setdefault(name, genanki.Deck(stable_id("deck", name), name))
         for kind, fields in note_fields(c, lang).items():
             # due = lecture position: Anki introduces new cards in due order.
-            note = _note(mod, model=models[kind], fields=fields, tags=list(c.tags), guid=note_guid(lang, kind, c.id),
+            note = stamped_note(mod, model=models[kind], fields=fields, tags=list(c.tags), guid=note_guid(lang, kind, c.id),
                          due=c.order)
             deck.add_note(note)
             n_notes += 1
             n_cards += len(note.cards)
     revisions.prune(c.id for c in concepts)
 
-    one = _primary(lang)
+    one = primary_lang(lang)
     figure_names = sorted({c.figure for c in concepts if c.figure})
     with tempfile.TemporaryDirectory(prefix="llmstudy-cards-") as tmp:
         media = []
@@ -340,18 +245,6 @@ def build_apkg(concepts: list[Concept], out: Path, lang: str = "both", revisions
                         [media_name(n, one) for n in figure_names], revisions.changed, saved, revisions.path)
 
 
-def _models(lang: str) -> dict:
-    """The note types of the `lang` variant, by note kind: basic, cloze and reverse."""
-    import genanki
-    basic = _model(stable_id("model", "concept", lang), f"llmstudy concept ({lang})",
-                   fields=[{"name": f} for f in BASIC_FIELDS], templates=_basic_templates(lang), css=CSS)
-    cloze = _model(stable_id("model", "cloze", lang), f"llmstudy cloze ({lang})",
-                   fields=[{"name": f} for f in CLOZE_FIELDS], templates=_cloze_templates(lang), css=CSS,
-                   model_type=genanki.Model.CLOZE)
-    reverse = _model(stable_id("model", "reverse", lang), f"llmstudy reverse ({lang})",
-                     fields=[{"name": f} for f in REVERSE_FIELDS], templates=_reverse_templates(lang), css=CSS)
-    return {"basic": basic, "cloze": cloze, "reverse": reverse}
-
 
 def stale_revisions(concepts: list[Concept], revisions_path: Path) -> list[str]:
     """Concept ids and note types whose content no longer matches `revisions_path` (all --lang variants):
@@ -359,7 +252,7 @@ def stale_revisions(concepts: list[Concept], revisions_path: Path) -> list[str]:
     entries = Revisions.load(revisions_path).entries
     current = {c.id: content_hash(c) for c in concepts}
     for lang in LANGS:
-        current |= {f"notetype:{m.name}": _model_hash(m) for m in _models(lang).values()}
+        current |= {f"notetype:{m.name}": model_hash(m) for m in note_types(lang).values()}
     return sorted(key for key, digest in current.items() if entries.get(key, {}).get("sha256") != digest)
 
 
@@ -373,14 +266,14 @@ def build_csv(concepts: list[Concept], out: Path, lang: str = "both") -> BuildSu
     buffer.write("#separator:tab\n#html:true\n#guid column:1\n#notetype column:2\n#deck column:3\n#tags column:6\n")
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     decks = [ROOT_DECK[lang]]
-    one = _primary(lang)
+    one = primary_lang(lang)
     n_notes = 0
 
     def text(c: Concept, name: str) -> str:
         """One language, with the other in a <details> block in 'both'."""
         main = getattr(c, f"{name}_{one}")
-        main = _ja(main) if one == "ja" else f"<div>{main}</div>"
-        return main + (_details("en", getattr(c, f"{name}_en")) if lang == "both" else "")
+        main = ja_block(main) if one == "ja" else f"<div>{main}</div>"
+        return main + (other_language("en", getattr(c, f"{name}_en")) if lang == "both" else "")
 
     for c in concepts:
         deck = deck_name(lang, c, numbers[c.section])
@@ -404,42 +297,6 @@ def build_csv(concepts: list[Concept], out: Path, lang: str = "both") -> BuildSu
     return BuildSummary(Path(out), "csv", lang, len(concepts), n_notes, n_notes, decks, [], [], True)
 
 
-@functools.cache
-def _stamped():
-    """genanki's Model and Note, stamped with our modification time instead of the build time.
-    (Made on first use: genanki is imported inside the build so that `llmstudy cards --help` stays fast.)"""
-    import genanki
-
-    class StampedModel(genanki.Model):
-        mod = 0
-
-        def to_json(self, timestamp, deck_id):
-            return super().to_json(self.mod, deck_id)
-
-    class StampedNote(genanki.Note):
-        mod = 0
-
-        def write_to_db(self, cursor, timestamp, deck_id, id_gen):
-            super().write_to_db(cursor, self.mod, deck_id, id_gen)     # the note's and its cards' mod
-
-    return StampedModel, StampedNote
-
-
-def _model(model_id: int, name: str, **kwargs):
-    return _stamped()[0](model_id, name, **kwargs)
-
-
-def _note(mod: int, **kwargs):
-    note = _stamped()[1](**kwargs)
-    note.mod = mod
-    return note
-
-
-def _model_hash(model) -> str:
-    content = {"fields": [f["name"] for f in model.fields], "templates": model.templates, "css": model.css,
-               "type": model.model_type}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
 
 def _without_zip_times(path: Path) -> bytes:
     """The zip at `path` with every member dated 1980-01-01: genanki's members are byte-identical between builds of
@@ -452,9 +309,6 @@ def _without_zip_times(path: Path) -> bytes:
                          compress_type=zipfile.ZIP_DEFLATED)
     return out.getvalue()
 
-
-def _ja(text: str) -> str:
-    return f'<div lang="ja">{text}</div>'
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from llmstudy.cards import figures
 from llmstudy.cards.data import STAGES, cue, load_concepts
-from llmstudy.cards.deck import CSS, build_csv, exercise_label, note_fields
+from llmstudy.cards.deck import build_csv, exercise_label, note_fields
+from llmstudy.cards.note_types import CSS
 
 
 @pytest.fixture(scope="module")
